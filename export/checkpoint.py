@@ -1,0 +1,205 @@
+"""Load SAM3 checkpoints into transformers models: Hugging Face directories and `sam3.pt`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Sam3Config, Sam3Model, Sam3VideoConfig, Sam3VideoModel
+
+from medsam3_rt.errors import CheckpointError, first_line
+from medsam3_rt.manifest import sha256_file
+
+from .presets import PRESETS, get_preset
+from .sam3_layout import detector_to_hf
+
+log = logging.getLogger(__name__)
+
+HF_MODEL_TYPES = {"sam3": "Sam3Model", "sam3_video": "Sam3VideoModel"}
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A detector (`Sam3Model`) and, for video checkpoints, the `Sam3VideoModel` that owns it."""
+
+    detector: Sam3Model
+    video: Sam3VideoModel | None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_tracker(self) -> bool:
+        return self.video is not None
+
+
+def load_checkpoint(path: str | Path, *, config: str | Path | None = None) -> LoadedCheckpoint:
+    """Load a Hugging Face SAM3 directory or an original `sam3.pt` file.
+
+    `config` (preset name or config.json path) gives the geometry of a `sam3.pt`, which does
+    not record it; the default is the real SAM3 geometry. HF directories carry their own.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint '{p}' does not exist")
+    if p.is_dir():
+        if config is not None:
+            raise CheckpointError("--config applies to sam3.pt files; a Hugging Face directory has its own config.json")
+        return _load_hf_dir(p)
+    return _load_original(p, config)
+
+
+def _set_init_std(config: Any, std: float) -> None:
+    """Set `initializer_range` on a config and all its sub-configs."""
+    if hasattr(config, "initializer_range"):
+        config.initializer_range = std
+    for value in vars(config).values():
+        if hasattr(value, "to_dict") and hasattr(value, "initializer_range"):
+            _set_init_std(value, std)
+
+
+def random_checkpoint(preset: str, *, video: bool = True, seed: int = 0, init_std: float | None = None) -> LoadedCheckpoint:
+    """A randomly initialised model of a preset geometry (tests, benchmarks, size studies).
+
+    `init_std` overrides the weight initialisation scale; tests use 0.05 so that queries
+    score distinctly and mask logits are not all near zero (transformers' 0.02 makes every
+    query score ~0.25 in a tiny model).
+    """
+    pr = get_preset(preset)
+    cfg = pr.video_config() if video else pr.detector_config()
+    if init_std is not None:
+        _set_init_std(cfg, init_std)
+    torch.manual_seed(seed)
+    source = {"format": "random", "preset": preset, "seed": seed}
+    if video:
+        vm = Sam3VideoModel(cfg).eval()
+        return LoadedCheckpoint(vm.detector_model, vm, {**source, "class": "Sam3VideoModel"})
+    det = Sam3Model(cfg).eval()
+    return LoadedCheckpoint(det, None, {**source, "class": "Sam3Model"})
+
+
+def _dir_digest(root: Path, names: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(names):
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def _load_hf_dir(root: Path) -> LoadedCheckpoint:
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(
+            f"'{root}' has no config.json; expected a Hugging Face SAM3 directory (config.json + *.safetensors) or a sam3.pt file"
+        )
+    try:
+        model_type = json.loads(cfg_path.read_text())["model_type"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is not a valid transformers config ({e})") from None
+    if model_type not in HF_MODEL_TYPES:
+        raise CheckpointError(f"{cfg_path} is a '{model_type}' model; medsam3-rt exports SAM3 checkpoints ({', '.join(HF_MODEL_TYPES)})")
+    weights = [f for f in root.iterdir() if f.suffix in WEIGHT_SUFFIXES]
+    if not weights:
+        raise CheckpointError(f"'{root}' has a config.json but no *.safetensors / *.bin weights")
+    cls = Sam3VideoModel if model_type == "sam3_video" else Sam3Model
+    try:
+        model, info = cls.from_pretrained(root, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"cannot load '{root}' with transformers {cls.__name__}: {first_line(e)}") from None
+    _check_complete(info.get("missing_keys", []), info.get("mismatched_keys", []), root)
+    model.eval()
+    source = {"format": "hf", "path": root.name, "class": cls.__name__, "sha256": _dir_digest(root, [*weights, cfg_path])}
+    if isinstance(model, Sam3VideoModel):
+        return LoadedCheckpoint(model.detector_model, model, source)
+    return LoadedCheckpoint(model, None, source)
+
+
+def _check_complete(missing: list[str], mismatched: list[Any], where: Path) -> None:
+    if missing:
+        raise CheckpointError(
+            f"'{where}' lacks {len(missing)} weights of the model (e.g. {', '.join(sorted(missing)[:3])}); "
+            "it is not a complete SAM3 checkpoint for this config"
+        )
+    if mismatched:
+        raise CheckpointError(f"'{where}' has {len(mismatched)} weights of the wrong shape (e.g. {mismatched[0]})")
+
+
+def _resolve_config(config: str | Path | None) -> Sam3VideoConfig | Sam3Config:
+    if config is None:
+        return PRESETS["full"].video_config()
+    if isinstance(config, str) and config in PRESETS:
+        return PRESETS[config].video_config()
+    cfg_path = Path(config)
+    if not cfg_path.is_file():
+        raise CheckpointError(f"--config '{config}' is neither a preset ({', '.join(PRESETS)}) nor a config.json file")
+    try:
+        data = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
+    kind = data.pop("model_type", None)
+    if kind == "sam3_video":
+        return Sam3VideoConfig(**data)
+    if kind == "sam3":
+        return Sam3Config(**data)
+    raise CheckpointError(f"{cfg_path}: model_type must be 'sam3' or 'sam3_video', got {kind!r}")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A torch pickle of tensors, loaded with weights_only=True (no code execution)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(
+            f"cannot read '{path}' as a sam3.pt checkpoint: {first_line(e, 200)} (expected a torch state dict saved with torch.save)"
+        ) from None
+    if isinstance(obj, dict):
+        for wrapper in ("model", "state_dict"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"'{path}' does not hold a state dict of tensors (keys -> tensors)")
+    return obj
+
+
+def _load_original(path: Path, config: str | Path | None) -> LoadedCheckpoint:
+    state = read_state_dict(path)
+    det_state = {k[len("detector.") :]: v for k, v in state.items() if k.startswith("detector.")}
+    trk_state = {k[len("tracker.") :]: v for k, v in state.items() if k.startswith("tracker.")}
+    if not det_state:  # a detector-only dump without the prefix
+        det_state, trk_state = dict(state), {}
+    cfg = _resolve_config(config)
+    det_cfg = cfg.detector_config if isinstance(cfg, Sam3VideoConfig) else cfg
+    detector = Sam3Model(det_cfg)
+    _load_strict(detector, detector_to_hf(det_state), path, "detector")
+    if trk_state:
+        log.warning("%s has tracker weights; this version exports the detector graphs only", path.name)
+    detector.eval()
+    source = {"format": "sam3.pt", "path": path.name, "sha256": sha256_file(path), "class": "Sam3Model"}
+    return LoadedCheckpoint(detector, None, source)
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            k = sorted(wrong)[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {list(state[k].shape)} vs {list(own[k].shape)})")
+        raise CheckpointError(
+            f"'{path.name}' does not match the {part} of the configured SAM3 geometry: {'; '.join(parts)}. "
+            "Pass --config with the checkpoint's geometry (a preset or config.json)"
+        )
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,236 @@
+"""Checkpoint -> export directory: ONNX graphs, tokenizer, manifest and parity report.
+
+The directory is assembled under a temporary name and renamed into place only after every
+graph passed its parity check, so a failed or interrupted export never leaves a directory
+that looks usable.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+import transformers
+
+from medsam3_rt import graph_contract as gc
+from medsam3_rt._version import __version__
+from medsam3_rt.backends.ort import OrtCpuBackend
+from medsam3_rt.errors import CheckpointError, OutputExistsError
+from medsam3_rt.io.atomic import atomic_directory, atomic_write_text
+from medsam3_rt.manifest import (
+    INTENDED_USE,
+    MANIFEST_NAME,
+    GraphEntry,
+    Manifest,
+    Postprocess,
+    Preprocess,
+    file_entry,
+)
+from medsam3_rt.preprocess import pixel_values
+from medsam3_rt.tokenizer import ClipTokenizer
+
+from . import parity
+from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .graphs.detector import DetectorGraph
+from .graphs.image_backbone import ImageBackboneGraph
+from .graphs.text_encoder import TextEncoderGraph
+from .onnx_export import DEFAULT_OPSET, export_graph
+from .tokenizer_files import checkpoint_tokenizer, write_tokenizer
+
+log = logging.getLogger(__name__)
+
+PARITY_REPORT = "parity_report.json"
+PARITY_PROMPTS = ("polyp", "left kidney, upper pole")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    tolerance: parity.Tolerance = field(default_factory=parity.Tolerance)
+    overwrite: bool = False
+
+
+def model_dims(ckpt: LoadedCheckpoint) -> gc.ModelDims:
+    cfg = ckpt.detector.config
+    fpn = cfg.vision_config.fpn_hidden_size
+    if cfg.detr_encoder_config.hidden_size != fpn:
+        raise CheckpointError(
+            f"DETR width {cfg.detr_encoder_config.hidden_size} != FPN width {fpn}: not a SAM3 geometry medsam3-rt supports"
+        )
+    patch = cfg.vision_config.backbone_config.patch_size
+    return gc.ModelDims(
+        image_size=int(cfg.vision_config.backbone_config.image_size),
+        patch_size=int(patch if isinstance(patch, int) else patch[0]),
+        fpn_channels=int(fpn),
+        text_context=int(cfg.text_config.max_position_embeddings),
+        num_queries=int(cfg.detr_decoder_config.num_queries),
+    )
+
+
+def parity_image(size: int, seed: int = 0) -> np.ndarray:
+    """A deterministic RGB test card: smooth background, bright and dark ellipses, noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = 60 + 80 * xx[..., None] + 40 * yy[..., None] * np.array([1.0, 0.6, 0.3], np.float32)
+    for cx, cy, r, v in ((0.35, 0.4, 0.18, 220.0), (0.7, 0.65, 0.12, 30.0), (0.65, 0.25, 0.08, 180.0)):
+        img[((xx - cx) ** 2 + (yy - cy) ** 2) < r * r] = v
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _versions(opset: int) -> dict[str, Any]:
+    import onnxscript
+
+    return {
+        "medsam3_rt": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "opset": opset,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def export_model(
+    source: str | Path | LoadedCheckpoint,
+    output_dir: str | Path,
+    *,
+    config: str | Path | None = None,
+    options: ExportOptions | None = None,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Export a SAM3 checkpoint (HF directory, sam3.pt, or a loaded model) to `output_dir`."""
+    opts = options or ExportOptions()
+    say = progress or (lambda msg: log.info(msg))
+    out = Path(output_dir)
+    if out.exists() and not opts.overwrite:
+        raise OutputExistsError(f"output '{out}' already exists; choose another folder or pass --force to replace it")
+    if isinstance(source, LoadedCheckpoint):
+        ckpt, source_dir = source, None
+    else:
+        say(f"loading checkpoint {source}")
+        ckpt = load_checkpoint(source, config=config)
+        source_dir = Path(source) if Path(source).is_dir() else None
+    dims = model_dims(ckpt)
+    specs = gc.expected_specs(dims)
+    det = ckpt.detector
+    with atomic_directory(out, overwrite=opts.overwrite) as stage:
+        tokenizer, tokenizer_source = checkpoint_tokenizer(source_dir)
+        tok_info = write_tokenizer(tokenizer, stage, int(det.config.text_config.vocab_size))
+        ids, attn = ClipTokenizer(stage / tok_info.file, tok_info).encode(PARITY_PROMPTS)
+        preprocess = Preprocess(image_size=dims.image_size)
+        pixels = pixel_values(parity_image(dims.image_size), preprocess)
+
+        modules: dict[str, torch.nn.Module] = {
+            gc.TEXT_ENCODER: TextEncoderGraph(det).eval(),
+            gc.IMAGE_BACKBONE: ImageBackboneGraph(det).eval(),
+            gc.DETECTOR: DetectorGraph(det, dims.feat_size).eval(),
+        }
+        say("running the PyTorch reference")
+        inputs: dict[str, dict[str, torch.Tensor]] = {}
+        refs: dict[str, dict[str, np.ndarray]] = {}
+        with torch.no_grad():
+            inputs[gc.TEXT_ENCODER] = {gc.INPUT_IDS: torch.from_numpy(ids), gc.ATTENTION_MASK: torch.from_numpy(attn)}
+            inputs[gc.IMAGE_BACKBONE] = {gc.PIXEL_VALUES: torch.from_numpy(pixels)}
+            for name in (gc.TEXT_ENCODER, gc.IMAGE_BACKBONE):
+                outs = modules[name](*inputs[name].values())
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                refs[name] = {t.name: o.numpy() for t, o in zip(specs[name].outputs, outs)}
+            inputs[gc.DETECTOR] = {
+                **{k: torch.from_numpy(refs[gc.IMAGE_BACKBONE][k]) for k in gc.DET_FPN},
+                gc.TEXT_FEATURES: torch.from_numpy(refs[gc.TEXT_ENCODER][gc.TEXT_FEATURES]),
+                gc.TEXT_MASK: torch.from_numpy(attn.astype(bool)),
+            }
+            outs = modules[gc.DETECTOR](*inputs[gc.DETECTOR].values())
+            refs[gc.DETECTOR] = {t.name: o.numpy() for t, o in zip(specs[gc.DETECTOR].outputs, outs)}
+
+        graphs: dict[str, GraphEntry] = {}
+        results: list[parity.OutputParity] = []
+        backend = OrtCpuBackend()
+        previous_attn = det.config._attn_implementation
+        # dynamo cannot decompose SDPA with a dynamic prompt count; eager attention is the same math.
+        _set_attention(det, "eager")
+        try:
+            for name, module in modules.items():
+                say(f"exporting {name}")
+                files = export_graph(module, inputs[name], specs[name], stage / f"{name}.onnx", opset=opts.opset)
+                entry = GraphEntry(name, files[0], specs[name], tuple(files[1:]))
+                graphs[name] = entry
+                runner = backend.open(entry, stage)
+                got = runner.run({k: v.numpy() for k, v in inputs[name].items()})
+                runner.close()
+                results += parity.compare(name, refs[name], got, opts.tolerance)
+        finally:
+            _set_attention(det, previous_attn)
+        reference = f"transformers {type(ckpt.video or det).__name__} fp32 ({previous_attn} attention), CPU"
+        report = parity.report(results, opts.tolerance, reference)
+        atomic_write_text(stage / PARITY_REPORT, json.dumps(report, indent=2))
+        for r in results:
+            say(("ok    " if r.passed else "FAIL  ") + r.describe())
+        parity.check(results)
+
+        rel_files = [f for g in graphs.values() for f in (g.file, *g.external_data)] + [tok_info.file]
+        manifest = Manifest(
+            model={
+                "name": out.name,
+                "architecture": "sam3",
+                "source": {**ckpt.source, "tokenizer": tokenizer_source},
+                "config": (ckpt.video or det).config.to_dict(),
+                "intended_use": INTENDED_USE,
+            },
+            producer=_versions(opts.opset),
+            dims=dims,
+            preprocess=preprocess,
+            tokenizer=tok_info,
+            graphs=graphs,
+            files={f: file_entry(stage, f) for f in rel_files},
+            postprocess=Postprocess(),
+            parity={
+                "passed": report["passed"],
+                "tolerance": report["tolerance"],
+                "reference": reference,
+                "report": PARITY_REPORT,
+                "worst": {
+                    f"{r.graph}.{r.output}": {
+                        "max_abs": r.max_abs,
+                        "max_rel": r.max_rel,
+                        **({"sign_agreement": r.sign_agreement} if r.sign_agreement is not None else {}),
+                    }
+                    for r in results
+                },
+            },
+        )
+        atomic_write_text(stage / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2, default=_json_default))
+    say(f"wrote {out}")
+    return manifest
+
+
+def _set_attention(model: torch.nn.Module, impl: str) -> None:
+    """Switch attention kernels; transformers warns about config-only sub-configs, which is expected."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model.set_attn_implementation(impl)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)

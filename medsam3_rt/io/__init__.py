@@ -1,0 +1,1 @@
+"""Readers and writers for images, volumes and videos, and atomic output files."""

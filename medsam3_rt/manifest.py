@@ -1,0 +1,388 @@
+"""`manifest.json`: the contract between an export directory and every runtime that reads it.
+
+An export directory holds the ONNX graphs (and their external-data files), the tokenizer,
+optional prompt packs and engines, and this manifest. The manifest records what produced
+the graphs, how to preprocess images, the tensor contract of every graph
+(`graph_contract`), the SHA-256 of every file, and the parity report of the export.
+`load_manifest` validates all of that and raises a one-line `ManifestError` naming what is
+wrong. The JSON schema for non-Python readers is `schemas/manifest.v1.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import graph_contract as gc
+from ._version import __version__
+from .errors import IntegrityError, ManifestError, ManifestVersionError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA = "medsam3-rt/manifest"
+SCHEMA_VERSION = 1
+INTENDED_USE = "Research use only. Not a medical device; not for diagnostic or treatment decisions."
+_TOP_LEVEL_KEYS = {
+    "schema",
+    "schema_version",
+    "model",
+    "producer",
+    "dims",
+    "preprocess",
+    "tokenizer",
+    "graphs",
+    "files",
+    "postprocess",
+    "tracker",
+    "engines",
+    "parity",
+}
+
+Verify = Literal["hash", "size", "none"]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    name: str
+    file: str
+    spec: gc.GraphSpec
+    external_data: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "external_data": list(self.external_data), **self.spec.to_json()}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes `pixel_values`, mirroring transformers' Sam3ImageProcessor.
+
+    Stretch-resize to image_size x image_size with antialiased bilinear filtering (width pass,
+    then height pass; uint8 images in torch's int16 fixed-point arithmetic with a uint8
+    result after each pass, bit-exact with its uint8 kernel; other images in float), then
+    (x * rescale_factor - mean) / std per channel.
+    """
+
+    image_size: int
+    rescale_factor: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    channel_order: str = "RGB"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image_size": [self.image_size, self.image_size],
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "antialias": self.antialias,
+            "uint8_arithmetic": "int16 fixed-point weights, uint8 after the width pass and after the height pass (torch)",
+            "channel_order": self.channel_order,
+            "layout": "NCHW",
+            "rescale_factor": self.rescale_factor,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Preprocess:
+        try:
+            size = data["image_size"]
+            side = int(size[0]) if isinstance(size, list) else int(size)
+            if isinstance(size, list) and (len(size) != 2 or size[0] != size[1]):
+                raise ValueError("only square image sizes are supported")
+            pre = cls(
+                image_size=side,
+                rescale_factor=float(data["rescale_factor"]),
+                mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+                resize=str(data.get("resize", "stretch")),
+                interpolation=str(data.get("interpolation", "bilinear")),
+                antialias=bool(data.get("antialias", True)),
+                channel_order=str(data.get("channel_order", "RGB")),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ManifestError(f"manifest 'preprocess' is malformed: {e}") from None
+        if len(pre.mean) != 3 or len(pre.std) != 3 or min(pre.std) <= 0:
+            raise ManifestError("manifest 'preprocess': mean and std need 3 values, std > 0")
+        if (pre.resize, pre.interpolation, pre.channel_order) != ("stretch", "bilinear", "RGB"):
+            raise ManifestError(
+                f"manifest 'preprocess': resize={pre.resize} interpolation={pre.interpolation} "
+                f"channel_order={pre.channel_order} is not supported by medsam3-rt {__version__}"
+            )
+        return pre
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    file: str
+    context_length: int
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    vocab_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "kind": "clip-bpe",
+            "context_length": self.context_length,
+            "pad_id": self.pad_id,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "vocab_size": self.vocab_size,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TokenizerInfo:
+        try:
+            return cls(
+                file=str(data["file"]),
+                context_length=int(data["context_length"]),
+                pad_id=int(data["pad_id"]),
+                bos_id=int(data["bos_id"]),
+                eos_id=int(data["eos_id"]),
+                vocab_size=int(data["vocab_size"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"manifest 'tokenizer' is malformed: missing or bad {e}") from None
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """Paper protocol (Sec. 4.2): top-1 query per prompt, pixel-wise max confidence across prompts."""
+
+    mask_threshold: float = 0.5
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "score": "sigmoid(pred_logits) * sigmoid(presence_logits)",
+            "per_prompt": "top1",
+            "mask_upsample": "bilinear (align_corners=False) on sigmoid(pred_masks), then > mask_threshold",
+            "mask_threshold": self.mask_threshold,
+            "multi_class": "pixelwise_max_probability",
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Postprocess:
+        try:
+            return cls(mask_threshold=float(data.get("mask_threshold", 0.5)))
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"manifest 'postprocess' is malformed: {e}") from None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: dict[str, Any]
+    producer: dict[str, Any]
+    dims: gc.ModelDims
+    preprocess: Preprocess
+    tokenizer: TokenizerInfo
+    graphs: dict[str, GraphEntry]
+    files: dict[str, FileEntry]
+    postprocess: Postprocess = field(default_factory=Postprocess)
+    tracker: dict[str, Any] | None = None
+    engines: tuple[dict[str, Any], ...] = ()
+    parity: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def has_tracker(self) -> bool:
+        return all(name in self.graphs for name in gc.TRACKER_GRAPHS)
+
+    @property
+    def text_encoder_sha256(self) -> str:
+        """Identifies the text embeddings this model produces; prompt packs are keyed by it."""
+        return self.files[self.graphs[gc.TEXT_ENCODER].file].sha256
+
+    def graph(self, name: str) -> GraphEntry:
+        try:
+            return self.graphs[name]
+        except KeyError:
+            raise ManifestError(f"this export has no '{name}' graph (it has: {', '.join(self.graphs)})") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "producer": self.producer,
+            "dims": self.dims.to_json(),
+            "preprocess": self.preprocess.to_json(),
+            "tokenizer": self.tokenizer.to_json(),
+            "graphs": {name: g.to_json() for name, g in self.graphs.items()},
+            "files": {p: {"sha256": f.sha256, "bytes": f.bytes} for p, f in sorted(self.files.items())},
+            "postprocess": self.postprocess.to_json(),
+            "tracker": self.tracker,
+            "engines": list(self.engines),
+            "parity": self.parity,
+        }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(root: Path, rel: str) -> FileEntry:
+    p = root / rel
+    return FileEntry(rel, sha256_file(p), p.stat().st_size)
+
+
+# (absolute path, size, mtime_ns) -> sha256 that was verified in this process.
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def verify_files(root: Path, files: Mapping[str, FileEntry], verify: Verify = "hash") -> None:
+    """Check every recorded file exists with its size and (unless verify='size') its SHA-256."""
+    if verify == "none":
+        return
+    for rel, entry in files.items():
+        path = root / rel
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise IntegrityError(f"{root}: '{rel}' is listed in {MANIFEST_NAME} but missing; re-run `medsam3-rt export`") from None
+        if st.st_size != entry.bytes:
+            raise IntegrityError(
+                f"{root}: '{rel}' is {st.st_size} bytes, {MANIFEST_NAME} records {entry.bytes}; "
+                "the file was modified or truncated; re-run `medsam3-rt export`"
+            )
+        if verify == "size":
+            continue
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if _VERIFIED.get(key) == entry.sha256:
+            continue
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise IntegrityError(
+                f"{root}: '{rel}' has SHA-256 {digest[:12]}..., {MANIFEST_NAME} records {entry.sha256[:12]}...; "
+                "the file was tampered with or corrupted; re-run `medsam3-rt export`"
+            )
+        _VERIFIED[key] = digest
+
+
+def _section(data: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind):
+        raise ManifestError(f"manifest is missing its '{key}' section (or it is not a {kind.__name__})")
+    return value
+
+
+def parse_manifest(data: Any) -> Manifest:
+    """Validate a decoded manifest.json against the schema this runtime reads."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ManifestError(f'not a medsam3-rt manifest (expected "schema": "{SCHEMA}")')
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise ManifestError(f"manifest has an invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise ManifestVersionError(
+            f"manifest schema v{version} was written by a newer medsam3-rt; this is {__version__}, which reads "
+            f"up to v{SCHEMA_VERSION}: pip install -U medsam3-rt"
+        )
+    unknown = set(data) - _TOP_LEVEL_KEYS
+    if unknown:
+        log.warning("manifest has unknown top-level keys %s (ignored)", sorted(unknown))
+    dims = gc.ModelDims.from_json(_section(data, "dims", dict))
+    expected = gc.expected_specs(dims)
+    graphs: dict[str, GraphEntry] = {}
+    for name, entry in _section(data, "graphs", dict).items():
+        if name not in expected:
+            raise ManifestError(f"manifest lists graph '{name}', which this runtime does not know (or the model has no tracker)")
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise ManifestError(f"manifest graph '{name}' needs a 'file'")
+        spec = gc.GraphSpec(
+            name,
+            tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in entry.get("inputs", [])),
+            tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in entry.get("outputs", [])),
+        )
+        if spec != expected[name]:
+            raise ManifestError(f"manifest graph '{name}' declares I/O {_describe(spec)}, this runtime expects {_describe(expected[name])}")
+        graphs[name] = GraphEntry(name, entry["file"], spec, tuple(entry.get("external_data", [])))
+    missing = [g for g in gc.DETECTOR_GRAPHS if g not in graphs]
+    if missing:
+        raise ManifestError(f"manifest has no {', '.join(missing)} graph(s); every export needs {', '.join(gc.DETECTOR_GRAPHS)}")
+    present_trk = [g for g in gc.TRACKER_GRAPHS if g in graphs]
+    if present_trk and len(present_trk) != len(gc.TRACKER_GRAPHS):
+        raise ManifestError(f"manifest has tracker graphs {present_trk} but needs all of {list(gc.TRACKER_GRAPHS)}")
+    files: dict[str, FileEntry] = {}
+    for rel, entry in _section(data, "files", dict).items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ManifestError(f"manifest file entry '{rel}' must be a relative path inside the export directory")
+        try:
+            files[rel] = FileEntry(rel, str(entry["sha256"]), int(entry["bytes"]))
+        except (KeyError, TypeError, ValueError):
+            raise ManifestError(f"manifest file entry '{rel}' needs 'sha256' and 'bytes'") from None
+    tokenizer = TokenizerInfo.from_json(_section(data, "tokenizer", dict))
+    for g in graphs.values():
+        for rel in (g.file, *g.external_data):
+            if rel not in files:
+                raise ManifestError(f"graph '{g.name}' file '{rel}' has no entry in the manifest's 'files'")
+    if tokenizer.file not in files:
+        raise ManifestError(f"tokenizer file '{tokenizer.file}' has no entry in the manifest's 'files'")
+    preprocess = Preprocess.from_json(_section(data, "preprocess", dict))
+    if preprocess.image_size != dims.image_size:
+        raise ManifestError(f"manifest preprocess image size {preprocess.image_size} != dims.image_size {dims.image_size}")
+    tracker = data.get("tracker")
+    if bool(present_trk) != isinstance(tracker, dict):
+        raise ManifestError("manifest 'tracker' settings and tracker graphs must come together")
+    engines = data.get("engines", [])
+    if not isinstance(engines, list):
+        raise ManifestError("manifest 'engines' must be a list")
+    return Manifest(
+        model=_section(data, "model", dict),
+        producer=_section(data, "producer", dict),
+        dims=dims,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        graphs=graphs,
+        files=files,
+        postprocess=Postprocess.from_json(data.get("postprocess") or {}),
+        tracker=tracker,
+        engines=tuple(engines),
+        parity=data.get("parity") or {},
+        schema_version=version,
+    )
+
+
+def _describe(spec: gc.GraphSpec) -> str:
+    fmt = lambda ts: ", ".join(f"{t.name}:{t.dtype}{list(t.shape)}" for t in ts)  # noqa: E731
+    return f"({fmt(spec.inputs)}) -> ({fmt(spec.outputs)})"
+
+
+def load_manifest(model_dir: str | os.PathLike[str], verify: Verify = "hash") -> Manifest:
+    """Read, validate and integrity-check the manifest of an export directory."""
+    root = Path(model_dir)
+    if not root.exists():
+        raise ManifestError(f"model directory '{root}' does not exist")
+    if not root.is_dir():
+        raise ManifestError(f"'{root}' is not a directory; pass the folder written by `medsam3-rt export`")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"'{root}' has no {MANIFEST_NAME}; is it an export directory? Create one with `medsam3-rt export`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path} is not valid JSON ({e}); re-run `medsam3-rt export`") from None
+    manifest = parse_manifest(data)
+    verify_files(root, manifest.files, verify)
+    return manifest

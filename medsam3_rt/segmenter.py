@@ -1,0 +1,156 @@
+"""The public entry point: `medsam3_rt.load(model_dir).segment(image, prompts)`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import graph_contract as gc
+from . import postprocess as post
+from .backends import Backend, BackendOptions
+from .errors import UsageError
+from .manifest import Manifest, Verify
+from .model import Model
+from .preprocess import IntensityWindow, pixel_values
+from .tokenizer import as_prompt_list
+
+MAX_PROMPTS = 255  # label maps are uint8
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Segmentation of one 2D image for P prompts (paper protocol: top-1 mask per prompt).
+
+    masks      bool (P, H, W): each prompt's highest-confidence mask, at input resolution
+               (empty where the score is below `min_score`); masks of different prompts may overlap
+    scores     float32 (P,): sigmoid(logit) x sigmoid(presence) of that query, always reported
+    boxes      float32 (P, 4): its box, xyxy in input pixels
+    label_map  uint8 (H, W): 0 background, k for the k-th prompt; overlaps go to the prompt
+               with the highest mask probability at that pixel
+    """
+
+    prompts: tuple[str, ...]
+    masks: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    label_map: np.ndarray
+    query_index: np.ndarray
+    min_score: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def areas(self) -> np.ndarray:
+        """(P,) mask areas in pixels."""
+        return self.masks.reshape(len(self.prompts), -1).sum(axis=1)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+
+class Segmenter:
+    """Text-prompted segmentation with an exported SAM3 model.
+
+    Thread safety: `segment` may be called from several threads at once (ONNX Runtime
+    sessions are thread-safe and the prompt cache is locked); each stream object returned
+    by `stream()` belongs to one thread.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.model.manifest
+
+    @property
+    def backend_name(self) -> str:
+        return self.model.backend.name
+
+    def segment(
+        self,
+        image: np.ndarray,
+        prompts: str | Sequence[str],
+        *,
+        min_score: float = 0.0,
+        window: IntensityWindow | tuple[float, float] | None = None,
+    ) -> SegmentResult:
+        """Segment `prompts` in one image (H x W or H x W x 3 RGB; see `preprocess` for dtypes)."""
+        prompt_list = as_prompt_list(prompts)
+        if len(prompt_list) > MAX_PROMPTS:
+            raise UsageError(f"{len(prompt_list)} prompts given; at most {MAX_PROMPTS} fit one label map")
+        if not 0.0 <= min_score <= 1.0:
+            raise UsageError(f"min_score must be within 0..1, got {min_score}")
+        if window is not None and not isinstance(window, IntensityWindow):
+            window = IntensityWindow(*window)
+        sw = _Stopwatch()
+        text = self.model.text_batch(prompt_list)
+        sw.lap("text")
+        pixels = pixel_values(image, self.manifest.preprocess, window)
+        sw.lap("preprocess")
+        features = self.model.encode_image(pixels)
+        sw.lap("backbone")
+        out = self.model.detect(features, text)
+        sw.lap("detector")
+        result = self._postprocess(prompt_list, out, image.shape[:2], min_score)
+        sw.lap("postprocess")
+        return SegmentResult(**result, timings_ms=sw.ms)
+
+    def _postprocess(self, prompts: list[str], out: dict[str, np.ndarray], hw: tuple[int, int], min_score: float) -> dict:
+        scores_all = post.detection_scores(out[gc.PRED_LOGITS], out[gc.PRESENCE_LOGITS])
+        best = post.top1(scores_all)
+        rows = np.arange(len(prompts))
+        scores = scores_all[rows, best]
+        probs = post.upsample_probabilities(out[gc.PRED_MASKS][rows, best], (int(hw[0]), int(hw[1])))
+        masks, label = post.combine(probs, scores >= min_score, self.manifest.postprocess.mask_threshold)
+        return {
+            "prompts": tuple(prompts),
+            "masks": masks,
+            "scores": scores.astype(np.float32),
+            "boxes": post.scale_boxes(out[gc.PRED_BOXES][rows, best], (int(hw[0]), int(hw[1]))),
+            "label_map": label,
+            "query_index": best,
+            "min_score": float(min_score),
+        }
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(
+    model_dir: str | os.PathLike[str],
+    backend: str | Backend = "auto",
+    *,
+    threads: int | None = None,
+    options: BackendOptions | None = None,
+    verify: Verify = "hash",
+    prompt_packs: Iterable[str | os.PathLike[str]] = (),
+) -> Segmenter:
+    """Open an export directory.
+
+    backend  "auto" (best available: ort-trt, ort-cuda, ort-cpu) or an explicit name, which
+             never falls back silently
+    threads  CPU threads per graph (ONNX Runtime intra-op); default: the library's choice
+    verify   "hash" checks every file's SHA-256 against the manifest (cached per process),
+             "size" only sizes (fast start), "none" skips the check
+    """
+    if options is None:
+        options = BackendOptions(intra_op_threads=threads)
+    return Segmenter(Model(model_dir, backend, options=options, verify=verify, prompt_packs=prompt_packs))

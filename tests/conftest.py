@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny random SAM3 checkpoints, their exports, and real-looking images.
+
+Exports take ~45 s for the tiny preset on 2 cores, so they are session-scoped and shared.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_INIT_STD = 0.05  # see medsam3_export.random_checkpoint
+
+
+def cli(*args: str, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed `medsam3-rt` console script like a user would."""
+    exe = shutil.which("medsam3-rt", path=os.path.dirname(sys.executable)) or "medsam3-rt"
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"medsam3-rt {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random `Sam3Model` saved in Hugging Face layout (config.json + safetensors)."""
+    from medsam3_export import random_checkpoint
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny-sam3"
+    random_checkpoint("tiny", video=False, seed=0, init_std=TEST_INIT_STD).detector.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`medsam3-rt export` of the tiny checkpoint, through the real CLI."""
+    out = tmp_path_factory.mktemp("export") / "tiny-export"
+    cli("export", str(tiny_hf_dir), "--output", str(out), "--quiet", check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_hf_dir: Path):
+    """The same checkpoint in transformers (default attention), the parity reference."""
+    from transformers import Sam3Model
+
+    return Sam3Model.from_pretrained(tiny_hf_dir, local_files_only=True).eval()
+
+
+@pytest.fixture(scope="session")
+def segmenter(tiny_export: Path):
+    import medsam3_rt
+
+    seg = medsam3_rt.load(tiny_export, "ort-cpu")
+    yield seg
+    seg.close()
+
+
+def phantom(h: int, w: int, *, channels: int = 3, dtype: type = np.uint8, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic scan with a few bright/dark blobs (deterministic)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 40 + 100 * (xx / w) + 30 * np.sin(yy / max(h, 1) * 6)
+    for _ in range(3):
+        cy, cx, r = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w, rng.uniform(0.08, 0.2) * min(h, w)
+        img = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, rng.uniform(0, 255), img)
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255)
+    if channels == 3:
+        img = np.stack([img, img * 0.8, 255 - img], axis=-1)
+    if dtype == np.uint16:
+        return (img * 257).astype(np.uint16)
+    if dtype == np.float32:
+        return (img / 255.0 * 1400 - 1000).astype(np.float32)  # CT-like HU range
+    return img.astype(dtype)

@@ -1,0 +1,1 @@
+"""medsam3_training: the Medical SAM3 fine-tuning recipe (needs the `train` extra)."""
