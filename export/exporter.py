@@ -40,9 +40,7 @@ from medsam3_rt.tokenizer import ClipTokenizer
 
 from . import parity
 from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .graphs.detector import DetectorGraph
-from .graphs.image_backbone import ImageBackboneGraph
-from .graphs.text_encoder import TextEncoderGraph
+from .graphs import build_graph_module
 from .onnx_export import DEFAULT_OPSET, export_graph
 from .tokenizer_files import checkpoint_tokenizer, write_tokenizer
 
@@ -134,11 +132,7 @@ def export_model(
         preprocess = Preprocess(image_size=dims.image_size)
         pixels = pixel_values(parity_image(dims.image_size), preprocess)
 
-        modules: dict[str, torch.nn.Module] = {
-            gc.TEXT_ENCODER: TextEncoderGraph(det).eval(),
-            gc.IMAGE_BACKBONE: ImageBackboneGraph(det).eval(),
-            gc.DETECTOR: DetectorGraph(det, dims.feat_size).eval(),
-        }
+        modules = {name: build_graph_module(name, ckpt, dims) for name in gc.DETECTOR_GRAPHS}
         say("running the PyTorch reference")
         inputs: dict[str, dict[str, torch.Tensor]] = {}
         refs: dict[str, dict[str, np.ndarray]] = {}

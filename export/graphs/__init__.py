@@ -5,3 +5,33 @@ exporter needs a change (static spatial sizes for the DETR box bias, position en
 constants) it is applied around the original code, never by copying it. Tests compare
 every wrapper with the unmodified transformers forward.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from medsam3_rt import graph_contract as gc
+
+if TYPE_CHECKING:
+    from ..checkpoint import LoadedCheckpoint
+
+
+def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims) -> nn.Module:
+    """The `nn.Module` whose forward is graph `name` of the contract, on the checkpoint's weights.
+
+    The exporter exports these modules and the PyTorch backend runs them, so ONNX, TensorRT
+    and PyTorch execute the same computation graph by graph.
+    """
+    from .detector import DetectorGraph
+    from .image_backbone import ImageBackboneGraph
+    from .text_encoder import TextEncoderGraph
+
+    if name == gc.TEXT_ENCODER:
+        return TextEncoderGraph(ckpt.detector).eval()
+    if name == gc.IMAGE_BACKBONE:
+        return ImageBackboneGraph(ckpt.detector, ckpt.video if dims.has_tracker else None).eval()
+    if name == gc.DETECTOR:
+        return DetectorGraph(ckpt.detector, dims.feat_size).eval()
+    raise KeyError(f"no graph module for '{name}'")
