@@ -18,7 +18,7 @@ from medsam3_rt.errors import CheckpointError, first_line
 from medsam3_rt.manifest import sha256_file
 
 from .presets import PRESETS, get_preset
-from .sam3_layout import detector_to_hf
+from .sam3_layout import detector_to_hf, tracker_to_hf
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,15 @@ def _load_hf_dir(root: Path) -> LoadedCheckpoint:
     if not weights:
         raise CheckpointError(f"'{root}' has a config.json but no *.safetensors / *.bin weights")
     cls = Sam3VideoModel if model_type == "sam3_video" else Sam3Model
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress; no tqdm bars on stderr
     try:
         model, info = cls.from_pretrained(root, local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"cannot load '{root}' with transformers {cls.__name__}: {first_line(e)}") from None
+    finally:
+        hf_logging.enable_progress_bar()
     _check_complete(info.get("missing_keys", []), info.get("mismatched_keys", []), root)
     model.eval()
     source = {"format": "hf", "path": root.name, "class": cls.__name__, "sha256": _dir_digest(root, [*weights, cfg_path])}
@@ -174,17 +179,49 @@ def _load_original(path: Path, config: str | Path | None) -> LoadedCheckpoint:
     if not det_state:  # a detector-only dump without the prefix
         det_state, trk_state = dict(state), {}
     cfg = _resolve_config(config)
-    det_cfg = cfg.detector_config if isinstance(cfg, Sam3VideoConfig) else cfg
-    detector = Sam3Model(det_cfg)
-    _load_strict(detector, detector_to_hf(det_state), path, "detector")
-    if trk_state:
-        log.warning("%s has tracker weights; this version exports the detector graphs only", path.name)
+    neck_keys = {k for k in det_state if k.startswith("backbone.vision_backbone.sam2_convs.")}
+    video: Sam3VideoModel | None = None
+    if trk_state and isinstance(cfg, Sam3VideoConfig):
+        video = Sam3VideoModel(cfg)
+        detector = video.detector_model
+    else:
+        if trk_state:
+            log.warning("%s has tracker weights but --config describes an image model; exporting the detector only", path.name)
+        detector = Sam3Model(cfg.detector_config if isinstance(cfg, Sam3VideoConfig) else cfg)
+    _load_strict(detector, detector_to_hf({k: v for k, v in det_state.items() if k not in neck_keys}), path, "detector")
+    if video is not None:
+        own = {k: v for k, v in video.state_dict().items() if not k.startswith("detector_model.")}
+        trk = tracker_to_hf(trk_state, {k: det_state[k] for k in neck_keys})
+        _load_strict(_Subset(video, own), trk, path, "tracker")
     detector.eval()
-    source = {"format": "sam3.pt", "path": path.name, "sha256": sha256_file(path), "class": "Sam3Model"}
-    return LoadedCheckpoint(detector, None, source)
+    if video is not None:
+        video.eval()
+    source = {
+        "format": "sam3.pt",
+        "path": path.name,
+        "sha256": sha256_file(path),
+        "class": "Sam3VideoModel" if video is not None else "Sam3Model",
+    }
+    return LoadedCheckpoint(detector, video, source)
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
+class _Subset:
+    """The part of a module's state dict outside the detector, for a strict load of the tracker."""
+
+    def __init__(self, module: torch.nn.Module, own: dict[str, torch.Tensor]) -> None:
+        self.module, self.own = module, own
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.own
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        missing, unexpected = self.module.load_state_dict(state, strict=False)
+        leftover = [k for k in missing if not k.startswith("detector_model.")]
+        if leftover or unexpected:
+            raise CheckpointError(f"tracker weights did not load: missing {leftover[:3]}, unexpected {unexpected[:3]}")
+
+
+def _load_strict(module: torch.nn.Module | _Subset, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

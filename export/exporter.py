@@ -66,13 +66,116 @@ def model_dims(ckpt: LoadedCheckpoint) -> gc.ModelDims:
             f"DETR width {cfg.detr_encoder_config.hidden_size} != FPN width {fpn}: not a SAM3 geometry medsam3-rt supports"
         )
     patch = cfg.vision_config.backbone_config.patch_size
+    tracker: dict[str, int] = {}
+    if ckpt.video is not None:
+        trk = ckpt.video.tracker_model
+        if trk.mem_dim != 64 or trk.hidden_dim != fpn:
+            raise CheckpointError(
+                f"tracker memory width {trk.mem_dim} / hidden {trk.hidden_dim}: transformers' Sam3 tracker supports 64 / {fpn}"
+            )
+        tracker = {
+            "tracker_feat_s0_channels": int(trk.mask_decoder.conv_s0.out_channels),
+            "tracker_feat_s1_channels": int(trk.mask_decoder.conv_s1.out_channels),
+            "memory_channels": int(trk.mem_dim),
+        }
     return gc.ModelDims(
         image_size=int(cfg.vision_config.backbone_config.image_size),
         patch_size=int(patch if isinstance(patch, int) else patch[0]),
         fpn_channels=int(fpn),
         text_context=int(cfg.text_config.max_position_embeddings),
         num_queries=int(cfg.detr_decoder_config.num_queries),
+        **tracker,
     )
+
+
+# Sam3VideoConfig / Sam3TrackerVideoConfig fields the runtime's streaming logic reads.
+VIDEO_SETTINGS = (
+    "score_threshold_detection",
+    "det_nms_thresh",
+    "assoc_iou_thresh",
+    "trk_assoc_iou_thresh",
+    "new_det_thresh",
+    "recondition_on_trk_masks",
+    "hotstart_delay",
+    "hotstart_unmatch_thresh",
+    "hotstart_dup_thresh",
+    "suppress_unmatched_only_within_hotstart",
+    "init_trk_keep_alive",
+    "max_trk_keep_alive",
+    "min_trk_keep_alive",
+    "suppress_overlapping_based_on_recent_occlusion_threshold",
+    "decrease_trk_keep_alive_for_empty_masklets",
+    "fill_hole_area",
+    "max_num_objects",
+    "recondition_every_nth_frame",
+    "high_conf_thresh",
+    "high_iou_thresh",
+    "low_res_mask_size",
+)
+TRACKER_SETTINGS = ("num_maskmem", "max_cond_frame_num", "max_object_pointers_in_encoder")
+
+
+def tracker_settings(ckpt: LoadedCheckpoint) -> dict[str, Any]:
+    """The streaming constants of a Sam3VideoModel, recorded in the manifest's `tracker` section."""
+    assert ckpt.video is not None
+    cfg, tcfg = ckpt.video.config, ckpt.video.tracker_model.config
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in VIDEO_SETTINGS}
+    out.update({k: getattr(tcfg, k) for k in TRACKER_SETTINGS})
+    out["memory_storage_dtype"] = "bfloat16"
+    out["reference"] = "transformers Sam3VideoModel streaming inference (frame by frame)"
+    return out
+
+
+def parity_inputs(
+    name: str,
+    dims: gc.ModelDims,
+    ids: np.ndarray,
+    attn: np.ndarray,
+    pixels: np.ndarray,
+    refs: dict[str, dict[str, np.ndarray]],
+    num_maskmem: int = 7,
+) -> dict[str, torch.Tensor]:
+    """Fixed inputs of graph `name`, built from earlier graphs' reference outputs where they chain."""
+    t = torch.from_numpy
+    if name == gc.TEXT_ENCODER:
+        return {gc.INPUT_IDS: t(ids), gc.ATTENTION_MASK: t(attn)}
+    if name == gc.IMAGE_BACKBONE:
+        return {gc.PIXEL_VALUES: t(pixels)}
+    backbone = refs[gc.IMAGE_BACKBONE]
+    if name == gc.DETECTOR:
+        return {
+            **{k: t(backbone[k]) for k in gc.DET_FPN},
+            gc.TEXT_FEATURES: t(refs[gc.TEXT_ENCODER][gc.TEXT_FEATURES]),
+            gc.TEXT_MASK: t(attn.astype(bool)),
+        }
+    trk = {k: t(backbone[k]) for k in gc.TRK_FEATURES}
+    rng = np.random.default_rng(0)
+    m, hw, mem, c = dims.mask_size, dims.feat_size**2, dims.memory_channels, dims.fpn_channels
+    if name == gc.TRACKER_INIT:
+        masks = np.zeros((2, 1, m, m), np.float32)
+        masks[0, 0, m // 4 : m // 2, m // 3 : 2 * m // 3] = 1
+        return {**trk, gc.MASKS: t(masks)}  # the second object is empty (absent)
+    if name == gc.MEMORY_ENCODER:
+        logits = (rng.normal(size=(2, 1, 4 * m, 4 * m)) * 5).astype(np.float32)
+        return {
+            gc.TRK_VISION_FEAT: trk[gc.TRK_VISION_FEAT],
+            gc.MASK_LOGITS: t(logits),
+            gc.BINARIZE: t(np.array([[True], [False]])),
+            gc.OBJECT_SCORE_LOGITS: t(np.array([[10.0], [-10.0]], np.float32)),
+        }
+    if name == gc.TRACKER_STEP:
+        # two objects with different histories, padded: 2 and 3 memories, 2 and 4 pointers
+        feats = rng.normal(size=(2, 3, hw, mem)).astype(np.float32)
+        return {
+            **trk,
+            gc.MEM_FEATS: t(feats),
+            gc.MEM_TPOS: t(np.array([[num_maskmem - 1, 0, 0], [num_maskmem - 1, 1, 0]], np.int64)),
+            gc.MEM_VALID: t(np.array([[True, True, False], [True, True, True]])),
+            gc.OBJ_PTRS: t(rng.normal(size=(2, 4, c)).astype(np.float32)),
+            gc.PTR_TPOS: t(np.array([[0, 1, 0, 0], [0, 1, 2, 3]], np.float32) / 15),
+            gc.PTR_VALID: t(np.array([[True, True, False, False], [True, True, True, True]])),
+        }
+    raise KeyError(name)
 
 
 def parity_image(size: int, seed: int = 0) -> np.ndarray:
@@ -125,6 +228,8 @@ def export_model(
     dims = model_dims(ckpt)
     specs = gc.expected_specs(dims)
     det = ckpt.detector
+    names = list(gc.DETECTOR_GRAPHS) + (list(gc.TRACKER_GRAPHS) if dims.has_tracker else [])
+    model = ckpt.video or det
     with atomic_directory(out, overwrite=opts.overwrite) as stage:
         tokenizer, tokenizer_source = checkpoint_tokenizer(source_dir)
         tok_info = write_tokenizer(tokenizer, stage, int(det.config.text_config.vocab_size))
@@ -132,31 +237,24 @@ def export_model(
         preprocess = Preprocess(image_size=dims.image_size)
         pixels = pixel_values(parity_image(dims.image_size), preprocess)
 
-        modules = {name: build_graph_module(name, ckpt, dims) for name in gc.DETECTOR_GRAPHS}
+        modules = {name: build_graph_module(name, ckpt, dims) for name in names}
         say("running the PyTorch reference")
         inputs: dict[str, dict[str, torch.Tensor]] = {}
         refs: dict[str, dict[str, np.ndarray]] = {}
         with torch.no_grad():
-            inputs[gc.TEXT_ENCODER] = {gc.INPUT_IDS: torch.from_numpy(ids), gc.ATTENTION_MASK: torch.from_numpy(attn)}
-            inputs[gc.IMAGE_BACKBONE] = {gc.PIXEL_VALUES: torch.from_numpy(pixels)}
-            for name in (gc.TEXT_ENCODER, gc.IMAGE_BACKBONE):
+            for name in names:
+                num_maskmem = ckpt.video.tracker_model.num_maskmem if ckpt.video is not None else 7
+                inputs[name] = parity_inputs(name, dims, ids, attn, pixels, refs, num_maskmem)
                 outs = modules[name](*inputs[name].values())
                 outs = outs if isinstance(outs, tuple) else (outs,)
-                refs[name] = {t.name: o.numpy() for t, o in zip(specs[name].outputs, outs)}
-            inputs[gc.DETECTOR] = {
-                **{k: torch.from_numpy(refs[gc.IMAGE_BACKBONE][k]) for k in gc.DET_FPN},
-                gc.TEXT_FEATURES: torch.from_numpy(refs[gc.TEXT_ENCODER][gc.TEXT_FEATURES]),
-                gc.TEXT_MASK: torch.from_numpy(attn.astype(bool)),
-            }
-            outs = modules[gc.DETECTOR](*inputs[gc.DETECTOR].values())
-            refs[gc.DETECTOR] = {t.name: o.numpy() for t, o in zip(specs[gc.DETECTOR].outputs, outs)}
+                refs[name] = {t.name: o.numpy() for t, o in zip(specs[name].outputs, outs, strict=True)}
 
         graphs: dict[str, GraphEntry] = {}
         results: list[parity.OutputParity] = []
         backend = OrtCpuBackend()
         previous_attn = det.config._attn_implementation
-        # dynamo cannot decompose SDPA with a dynamic prompt count; eager attention is the same math.
-        _set_attention(det, "eager")
+        # dynamo cannot decompose SDPA with dynamic batch axes; eager attention is the same math.
+        _set_attention(model, "eager")
         try:
             for name, module in modules.items():
                 say(f"exporting {name}")
@@ -168,8 +266,8 @@ def export_model(
                 runner.close()
                 results += parity.compare(name, refs[name], got, opts.tolerance)
         finally:
-            _set_attention(det, previous_attn)
-        reference = f"transformers {type(ckpt.video or det).__name__} fp32 ({previous_attn} attention), CPU"
+            _set_attention(model, previous_attn)
+        reference = f"transformers {type(model).__name__} fp32 ({previous_attn} attention), CPU"
         report = parity.report(results, opts.tolerance, reference)
         atomic_write_text(stage / PARITY_REPORT, json.dumps(report, indent=2))
         for r in results:
@@ -182,7 +280,7 @@ def export_model(
                 "name": out.name,
                 "architecture": "sam3",
                 "source": {**ckpt.source, "tokenizer": tokenizer_source},
-                "config": (ckpt.video or det).config.to_dict(),
+                "config": model.config.to_dict(),
                 "intended_use": INTENDED_USE,
             },
             producer=_versions(opts.opset),
@@ -192,6 +290,7 @@ def export_model(
             graphs=graphs,
             files={f: file_entry(stage, f) for f in rel_files},
             postprocess=Postprocess(),
+            tracker=tracker_settings(ckpt) if dims.has_tracker else None,
             parity={
                 "passed": report["passed"],
                 "tolerance": report["tolerance"],

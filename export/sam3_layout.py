@@ -295,3 +295,168 @@ def _fuse_qkv(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             out[f"{base}.in_proj_{kind}"] = torch.cat(parts)
     return out
+
+
+# -- tracker (Sam3VideoModel.tracker_model / tracker_neck) ------------------------------
+# Meta's sam3.pt keeps the SAM2-style tracker under `tracker.` with SAM2 module names
+# (sam_mask_decoder, sam_prompt_encoder, transformer.encoder = memory attention,
+# maskmem_backbone = memory encoder, obj_ptr_proj, ...) and the tracker's FPN neck inside
+# the detector backbone as `sam2_convs`. transformers' convert_sam3_video_to_hf.py renames
+# them with ordered substring rules; here the same renames are symmetric templates
+# ({i}: a number, {a}: a module name, {p}: q/k/v_proj), usable in both directions. Not
+# verified against a released sam3.pt (none can be downloaded here): verified by round trip
+# over every module name transformers' Sam3VideoModel defines.
+_MLP3 = (("layers.0", "proj_in"), ("layers.1", "layers.0"), ("layers.2", "proj_out"))
+TRACKER_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("maskmem_tpos_enc", "memory_temporal_positional_encoding"),
+    ("no_mem_embed", "no_memory_embedding"),
+    ("no_mem_pos_enc", "no_memory_positional_encoding"),
+    ("no_obj_ptr", "no_object_pointer"),
+    ("no_obj_embed_spatial", "occlusion_spatial_embedding_parameter"),
+    ("sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", "prompt_encoder.shared_embedding.positional_embedding"),
+    ("sam_prompt_encoder.mask_downscaling.0.", "prompt_encoder.mask_embed.conv1."),
+    ("sam_prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_embed.layer_norm1."),
+    ("sam_prompt_encoder.mask_downscaling.3.", "prompt_encoder.mask_embed.conv2."),
+    ("sam_prompt_encoder.mask_downscaling.4.", "prompt_encoder.mask_embed.layer_norm2."),
+    ("sam_prompt_encoder.mask_downscaling.6.", "prompt_encoder.mask_embed.conv3."),
+    ("sam_prompt_encoder.no_mask_embed.", "prompt_encoder.no_mask_embed."),
+    ("sam_prompt_encoder.not_a_point_embed.", "prompt_encoder.not_a_point_embed."),
+    ("sam_mask_decoder.{a}_token.", "mask_decoder.{a}_token."),
+    ("sam_mask_decoder.mask_tokens.", "mask_decoder.mask_tokens."),
+    ("sam_mask_decoder.conv_s{i}.", "mask_decoder.conv_s{i}."),
+    ("sam_mask_decoder.transformer.layers.{i}.{a}.out_proj.", "mask_decoder.transformer.layers.{i}.{a}.o_proj."),
+    ("sam_mask_decoder.transformer.layers.{i}.{a}.{p}.", "mask_decoder.transformer.layers.{i}.{a}.{p}."),
+    ("sam_mask_decoder.transformer.layers.{i}.norm{j}.", "mask_decoder.transformer.layers.{i}.layer_norm{j}."),
+    ("sam_mask_decoder.transformer.layers.{i}.mlp.layers.0.", "mask_decoder.transformer.layers.{i}.mlp.proj_in."),
+    ("sam_mask_decoder.transformer.layers.{i}.mlp.layers.1.", "mask_decoder.transformer.layers.{i}.mlp.proj_out."),
+    ("sam_mask_decoder.transformer.final_attn_token_to_image.out_proj.", "mask_decoder.transformer.final_attn_token_to_image.o_proj."),
+    ("sam_mask_decoder.transformer.final_attn_token_to_image.{p}.", "mask_decoder.transformer.final_attn_token_to_image.{p}."),
+    ("sam_mask_decoder.transformer.norm_final_attn.", "mask_decoder.transformer.layer_norm_final_attn."),
+    ("sam_mask_decoder.output_upscaling.0.", "mask_decoder.upscale_conv1."),
+    ("sam_mask_decoder.output_upscaling.1.", "mask_decoder.upscale_layer_norm."),
+    ("sam_mask_decoder.output_upscaling.3.", "mask_decoder.upscale_conv2."),
+    *((f"sam_mask_decoder.output_hypernetworks_mlps.{{i}}.{a}.", f"mask_decoder.output_hypernetworks_mlps.{{i}}.{b}.") for a, b in _MLP3),
+    *((f"sam_mask_decoder.iou_prediction_head.{a}.", f"mask_decoder.iou_prediction_head.{b}.") for a, b in _MLP3),
+    *((f"sam_mask_decoder.pred_obj_score_head.{a}.", f"mask_decoder.pred_obj_score_head.{b}.") for a, b in _MLP3),
+    ("transformer.encoder.layers.{i}.{a}.out_proj.", "memory_attention.layers.{i}.{a}.o_proj."),
+    ("transformer.encoder.layers.{i}.{a}.{p}.", "memory_attention.layers.{i}.{a}.{p}."),
+    ("transformer.encoder.layers.{i}.linear{j}.", "memory_attention.layers.{i}.linear{j}."),
+    ("transformer.encoder.layers.{i}.norm{j}.", "memory_attention.layers.{i}.layer_norm{j}."),
+    ("transformer.encoder.norm.", "memory_attention.layer_norm."),
+    ("maskmem_backbone.pix_feat_proj.", "memory_encoder.feature_projection."),
+    ("maskmem_backbone.fuser.layers.{i}.dwconv.", "memory_encoder.memory_fuser.layers.{i}.depthwise_conv."),
+    ("maskmem_backbone.fuser.layers.{i}.norm.", "memory_encoder.memory_fuser.layers.{i}.layer_norm."),
+    ("maskmem_backbone.fuser.layers.{i}.pwconv{j}.", "memory_encoder.memory_fuser.layers.{i}.pointwise_conv{j}."),
+    ("maskmem_backbone.fuser.layers.{i}.gamma", "memory_encoder.memory_fuser.layers.{i}.scale"),
+    ("maskmem_backbone.out_proj.", "memory_encoder.projection."),
+    ("mask_downsample.", "mask_downsample."),
+    *((f"obj_ptr_proj.{a}.", f"object_pointer_proj.{b}.") for a, b in _MLP3),
+    ("obj_ptr_tpos_proj.", "temporal_positional_encoding_projection_layer."),
+)
+# The tracker's FPN neck lives in the detector backbone of sam3.pt as `sam2_convs`.
+NECK_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("backbone.vision_backbone.sam2_convs.{i}.dconv_2x2_0.", "tracker_neck.fpn_layers.{i}.scale_layers.0."),
+    ("backbone.vision_backbone.sam2_convs.{i}.dconv_2x2_1.", "tracker_neck.fpn_layers.{i}.scale_layers.2."),
+    ("backbone.vision_backbone.sam2_convs.{i}.dconv_2x2.", "tracker_neck.fpn_layers.{i}.scale_layers.0."),
+    ("backbone.vision_backbone.sam2_convs.{i}.conv_1x1.", "tracker_neck.fpn_layers.{i}.proj1."),
+    ("backbone.vision_backbone.sam2_convs.{i}.conv_3x3.", "tracker_neck.fpn_layers.{i}.proj2."),
+)
+_SLOTS = {"i": r"\d+", "j": r"\d", "a": r"[a-z_]+?", "p": r"[qkv]_proj"}
+
+
+def _compile(pairs: tuple[tuple[str, str], ...], reverse: bool) -> list[tuple[re.Pattern[str], str]]:
+    rules = []
+    for orig, hf in pairs:
+        src, dst = (hf, orig) if reverse else (orig, hf)
+        pattern = re.escape(src)
+        for slot, rx in _SLOTS.items():
+            pattern = pattern.replace(re.escape("{" + slot + "}"), f"(?P<{slot}>{rx})")
+        template = dst
+        for slot in _SLOTS:
+            template = template.replace("{" + slot + "}", rf"\g<{slot}>")
+        rules.append((re.compile("^" + pattern), template))
+    return rules
+
+
+_TRACKER_TO_HF = _compile(TRACKER_TEMPLATES, reverse=False)
+_TRACKER_FROM_HF = _compile(TRACKER_TEMPLATES, reverse=True)
+_NECK_TO_HF = _compile(NECK_TEMPLATES, reverse=False)
+_NECK_FROM_HF = _compile(NECK_TEMPLATES, reverse=True)
+_DOWNSAMPLER = re.compile(r"^maskmem_backbone\.mask_downsampler\.encoder\.(\d+)\.")
+_DOWNSAMPLER_HF = re.compile(r"^memory_encoder\.mask_downsampler\.(?:layers\.(\d+)\.(conv|layer_norm)|final_conv)\.")
+_POINT_EMBED = re.compile(r"^sam_prompt_encoder\.point_embeddings\.(\d+)\.weight$")
+
+
+def _first(rules: list[tuple[re.Pattern[str], str]], key: str) -> str | None:
+    for pattern, template in rules:
+        if pattern.match(key):
+            return pattern.sub(template, key, count=1)
+    return None
+
+
+def tracker_to_hf(tracker: Mapping[str, torch.Tensor], detector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tracker.*` keys (prefix removed) and the detector's `sam2_convs` -> Sam3VideoModel keys
+    outside `detector_model.` (tracker_model.*, tracker_neck.*). Unknown keys are kept as they
+    are so that the strict load names them."""
+    out: dict[str, torch.Tensor] = {}
+    points: dict[int, torch.Tensor] = {}
+    n_down = 1 + max((int(m.group(1)) for k in tracker if (m := _DOWNSAMPLER.match(k))), default=-1)
+    for key, value in tracker.items():
+        if key.startswith("image_encoder."):
+            continue  # a standalone SAM2 image encoder: SAM3's tracker reads the detector's ViT
+        if (m := _POINT_EMBED.match(key)) is not None:
+            points[int(m.group(1))] = value
+            continue
+        if (m := _DOWNSAMPLER.match(key)) is not None:
+            idx = int(m.group(1))
+            part = "final_conv" if idx == n_down - 1 else f"layers.{idx // 3}.{'conv' if idx % 3 == 0 else 'layer_norm'}"
+            out["tracker_model." + _DOWNSAMPLER.sub(f"memory_encoder.mask_downsampler.{part}.", key)] = value
+            continue
+        new = _first(_TRACKER_TO_HF, key)
+        out["tracker_model." + (new if new is not None else key)] = value
+    if points:
+        out["tracker_model.prompt_encoder.point_embed.weight"] = torch.cat([points[i] for i in sorted(points)], dim=0)
+    gaussian = out.get("tracker_model.prompt_encoder.shared_embedding.positional_embedding")
+    if gaussian is not None:  # transformers keeps a second copy for the image-wide positional embedding
+        out["tracker_model.shared_image_embedding.positional_embedding"] = gaussian
+    for key, value in detector.items():
+        new = _first(_NECK_TO_HF, key)
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def tracker_from_hf(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Sam3VideoModel tracker keys -> (`tracker.` keys, detector `sam2_convs` keys) in Meta's layout."""
+    tracker: dict[str, torch.Tensor] = {}
+    neck: dict[str, torch.Tensor] = {}
+    n_layers = 1 + max(
+        (int(m.group(1)) for k in state if (m := _DOWNSAMPLER_HF.match(k.removeprefix("tracker_model."))) and m.group(1)), default=-1
+    )
+    four_x = {m.group(1) for k in state if (m := re.match(r"^tracker_neck\.fpn_layers\.(\d+)\.scale_layers\.2\.", k))}
+    for key, value in state.items():
+        if key.startswith("tracker_neck."):
+            new = _first(_NECK_FROM_HF, key)
+            assert new is not None, key
+            m = re.match(r"^backbone\.vision_backbone\.sam2_convs\.(\d+)\.dconv_2x2_0\.", new)
+            if m and m.group(1) not in four_x:
+                new = new.replace(".dconv_2x2_0.", ".dconv_2x2.", 1)
+            neck[new] = value
+            continue
+        if not key.startswith("tracker_model."):
+            continue
+        k = key.removeprefix("tracker_model.")
+        if k == "shared_image_embedding.positional_embedding":
+            continue  # a copy of the prompt encoder's gaussian matrix
+        if k == "prompt_encoder.point_embed.weight":
+            for i, row in enumerate(value):
+                tracker[f"sam_prompt_encoder.point_embeddings.{i}.weight"] = row[None].clone()
+            continue
+        if (m := _DOWNSAMPLER_HF.match(k)) is not None:
+            idx = 3 * n_layers if m.group(1) is None else 3 * int(m.group(1)) + (0 if m.group(2) == "conv" else 1)
+            tracker[_DOWNSAMPLER_HF.sub(f"maskmem_backbone.mask_downsampler.encoder.{idx}.", k)] = value
+            continue
+        new = _first(_TRACKER_FROM_HF, k)
+        assert new is not None, f"no original name for {key}"
+        tracker[new] = value
+    return tracker, neck

@@ -6,6 +6,7 @@ transformers. Research use only: not a medical device.
 
 from ._version import __version__
 from .backends import BackendOptions
+from .demo import demo_model_dir
 from .errors import (
     BackendUnavailableError,
     InputError,
@@ -19,10 +20,13 @@ from .errors import (
 from .manifest import Manifest, load_manifest
 from .preprocess import IntensityWindow
 from .segmenter import Segmenter, SegmentResult, load
+from .tracker.settings import StreamOptions
+from .tracker.streaming import FrameResult, Stream
 
 __all__ = [
     "BackendOptions",
     "BackendUnavailableError",
+    "FrameResult",
     "InputError",
     "IntegrityError",
     "IntensityWindow",
@@ -33,8 +37,11 @@ __all__ = [
     "PromptError",
     "SegmentResult",
     "Segmenter",
+    "Stream",
+    "StreamOptions",
     "UsageError",
     "__version__",
+    "demo_model_dir",
     "load",
     "load_manifest",
 ]

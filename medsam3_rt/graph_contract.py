@@ -47,6 +47,7 @@ PRED_MASKS = "pred_masks"
 SEMANTIC_SEG = "semantic_seg"
 # tracker
 MASKS = "masks"
+BINARIZE = "binarize"
 MEM_FEATS = "mem_feats"
 MEM_TPOS = "mem_tpos"
 MEM_VALID = "mem_valid"
@@ -149,6 +150,11 @@ class ModelDims:
         return 4 * self.feat_size
 
     @property
+    def memory_mask_size(self) -> int:
+        """Side of the masks the memory encoder reads (16x the token grid)."""
+        return 4 * self.mask_size
+
+    @property
     def has_tracker(self) -> bool:
         return self.memory_channels > 0
 
@@ -210,7 +216,7 @@ def expected_specs(dims: ModelDims) -> dict[str, GraphSpec]:
         m = dims.mask_size
         specs[TRACKER_INIT] = GraphSpec(
             TRACKER_INIT,
-            (*trk, _f32(MASKS, "N", 1, S, S)),
+            (*trk, _f32(MASKS, "N", 1, m, m)),
             (_f32(LOW_RES_MASKS, "N", 1, m, m), _f32(OBJECT_POINTER, "N", C), _f32(OBJECT_SCORE_LOGITS, "N", 1)),
         )
         specs[TRACKER_STEP] = GraphSpec(
@@ -233,7 +239,12 @@ def expected_specs(dims: ModelDims) -> dict[str, GraphSpec]:
         )
         specs[MEMORY_ENCODER] = GraphSpec(
             MEMORY_ENCODER,
-            (_f32(TRK_VISION_FEAT, 1, C, s, s), _f32(MASK_LOGITS, "N", 1, m, m), _f32(OBJECT_SCORE_LOGITS, "N", 1)),
+            (
+                _f32(TRK_VISION_FEAT, 1, C, s, s),
+                _f32(MASK_LOGITS, "N", 1, 4 * m, 4 * m),
+                TensorSpec(BINARIZE, "bool", ("N", 1)),
+                _f32(OBJECT_SCORE_LOGITS, "N", 1),
+            ),
             (_f32(MASKMEM_FEATURES, "N", s * s, mem),),
         )
     specs[IMAGE_BACKBONE] = GraphSpec(IMAGE_BACKBONE, (_f32(PIXEL_VALUES, 1, 3, S, S),), tuple(backbone_out))

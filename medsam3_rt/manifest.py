@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import graph_contract as gc
+from . import hash_cache
 from ._version import __version__
-from .errors import IntegrityError, ManifestError, ManifestVersionError
+from .engines import EngineEntry, parse_engines
+from .errors import IntegrityError, ManifestError, ManifestVersionError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ class Manifest:
     files: dict[str, FileEntry]
     postprocess: Postprocess = field(default_factory=Postprocess)
     tracker: dict[str, Any] | None = None
-    engines: tuple[dict[str, Any], ...] = ()
+    engines: tuple[EngineEntry, ...] = ()  # TensorRT engines, see medsam3_rt.engines
     parity: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -229,7 +231,7 @@ class Manifest:
             "files": {p: {"sha256": f.sha256, "bytes": f.bytes} for p, f in sorted(self.files.items())},
             "postprocess": self.postprocess.to_json(),
             "tracker": self.tracker,
-            "engines": list(self.engines),
+            "engines": [e.to_json() for e in self.engines],
             "parity": self.parity,
         }
 
@@ -247,8 +249,9 @@ def file_entry(root: Path, rel: str) -> FileEntry:
     return FileEntry(rel, sha256_file(p), p.stat().st_size)
 
 
-# (absolute path, size, mtime_ns) -> sha256 that was verified in this process.
-_VERIFIED: dict[tuple[str, int, int], str] = {}
+# file stamp (path, device, inode, size, mtime, ctime) -> sha256 verified in this process;
+# across processes `hash_cache` remembers digests in the user's cache directory.
+_VERIFIED: dict[hash_cache.FileStamp, str] = {}
 
 
 def verify_files(root: Path, files: Mapping[str, FileEntry], verify: Verify = "hash") -> None:
@@ -268,10 +271,10 @@ def verify_files(root: Path, files: Mapping[str, FileEntry], verify: Verify = "h
             )
         if verify == "size":
             continue
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        key = hash_cache.FileStamp.of(path, st)
         if _VERIFIED.get(key) == entry.sha256:
             continue
-        digest = sha256_file(path)
+        digest = hash_cache.file_sha256(path, st, expected=entry.sha256)
         if digest != entry.sha256:
             raise IntegrityError(
                 f"{root}: '{rel}' has SHA-256 {digest[:12]}..., {MANIFEST_NAME} records {entry.sha256[:12]}...; "
@@ -345,9 +348,7 @@ def parse_manifest(data: Any) -> Manifest:
     tracker = data.get("tracker")
     if bool(present_trk) != isinstance(tracker, dict):
         raise ManifestError("manifest 'tracker' settings and tracker graphs must come together")
-    engines = data.get("engines", [])
-    if not isinstance(engines, list):
-        raise ManifestError("manifest 'engines' must be a list")
+    engines = parse_engines(data.get("engines", []), graphs)
     return Manifest(
         model=_section(data, "model", dict),
         producer=_section(data, "producer", dict),
@@ -356,10 +357,10 @@ def parse_manifest(data: Any) -> Manifest:
         tokenizer=tokenizer,
         graphs=graphs,
         files=files,
-        postprocess=Postprocess.from_json(data.get("postprocess") or {}),
+        postprocess=Postprocess.from_json(_section(data, "postprocess", dict) if "postprocess" in data else {}),
         tracker=tracker,
-        engines=tuple(engines),
-        parity=data.get("parity") or {},
+        engines=engines,
+        parity=_section(data, "parity", dict) if data.get("parity") is not None else {},
         schema_version=version,
     )
 
@@ -381,8 +382,8 @@ def load_manifest(model_dir: str | os.PathLike[str], verify: Verify = "hash") ->
         raise ManifestError(f"'{root}' has no {MANIFEST_NAME}; is it an export directory? Create one with `medsam3-rt export`")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path} is not valid JSON ({e}); re-run `medsam3-rt export`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+        raise ManifestError(f"{path} is not valid JSON ({first_line(e)}); re-run `medsam3-rt export`") from None
     manifest = parse_manifest(data)
     verify_files(root, manifest.files, verify)
     return manifest

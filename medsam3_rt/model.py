@@ -49,7 +49,7 @@ class Model:
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify)
-        self.backend = backend if isinstance(backend, Backend) else resolve(backend, options)
+        self.backend = backend if isinstance(backend, Backend) else resolve(backend, options, manifest=self.manifest)
         self._runners: dict[str, GraphRunner] = {}
         self._runner_lock = threading.Lock()
         self.tokenizer = ClipTokenizer(self.model_dir / self.manifest.tokenizer.file, self.manifest.tokenizer)
@@ -57,6 +57,7 @@ class Model:
         # Graphs for every image are opened eagerly so a broken export fails at load time.
         for name in (gc.IMAGE_BACKBONE, gc.DETECTOR):
             self.runner(name)
+        self._keep_features_on_device()
         packs = [Path(p) for p in prompt_packs]
         pack_dir = self.model_dir / PROMPT_PACK_DIR
         if pack_dir.is_dir():
@@ -73,6 +74,18 @@ class Model:
 
     def run(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runner(name).run(feeds)
+
+    # -- GPU device handoff (issue 5) ----------------------------------------------------
+    def _keep_features_on_device(self) -> None:
+        """Backbone features are read only by other graphs: GPU backends keep them on the device.
+
+        With tensorrt / ort-cuda / ort-trt / torch-on-CUDA, `encode_image` then returns
+        `DeviceTensor`s that the detector and tracker graphs bind without a host round trip
+        (~85 MB per FPN level at 1008 px). Host code that needs the values calls
+        `backends.as_numpy(t)`. CPU backends ignore the request and return numpy arrays.
+        """
+        if self.backend.options.keep_on_device:
+            self.runner(gc.IMAGE_BACKBONE).keep_outputs_on_device((*gc.DET_FPN, *gc.TRK_FEATURES))
 
     # -- text --------------------------------------------------------------------------
     def add_prompt_pack(self, pack: PromptPack) -> None:

@@ -99,6 +99,8 @@ def read_prompt_pack(path: str | os.PathLike[str], *, expect_text_encoder_sha256
             raise ValueError(f"file is truncated ({len(blob)} bytes)")
         features = np.frombuffer(blob, "<f4", n * t * c, data_start + f_off).reshape(n, t, c).astype(np.float32)
         mask = np.frombuffer(blob, np.uint8, n * t, data_start + m_off).reshape(n, t).astype(bool)
+        if not np.isfinite(features).all():
+            raise ValueError("its features contain NaN or infinite values")
         pack = PromptPack(
             text_encoder_sha256=str(header["text_encoder_sha256"]),
             prompts=tuple(str(e["prompt"]) for e in entries),
@@ -107,7 +109,7 @@ def read_prompt_pack(path: str | os.PathLike[str], *, expect_text_encoder_sha256
             features=features,
             mask=mask,
         )
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error) as e:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error, RecursionError) as e:
         raise PromptPackError(f"prompt pack '{p}' is corrupt: {e}") from None
     if expect_text_encoder_sha256 is not None and pack.text_encoder_sha256 != expect_text_encoder_sha256:
         raise PromptPackError(

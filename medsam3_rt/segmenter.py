@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -13,10 +15,17 @@ from . import graph_contract as gc
 from . import postprocess as post
 from .backends import Backend, BackendOptions
 from .errors import UsageError
+from .io.volumes import Axis, Volume
 from .manifest import Manifest, Verify
 from .model import Model
 from .preprocess import IntensityWindow, pixel_values
 from .tokenizer import as_prompt_list
+from .tracker.per_frame import FrameDetector
+from .tracker.settings import StreamOptions
+from .tracker.streaming import Stream
+from .volume import VolumeResult, new_volume_stream, open_volume, segment_volume
+
+log = logging.getLogger(__name__)
 
 MAX_PROMPTS = 255  # label maps are uint8
 
@@ -123,6 +132,58 @@ class Segmenter:
             "query_index": best,
             "min_score": float(min_score),
         }
+
+    def stream(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        options: StreamOptions | None = None,
+        window: IntensityWindow | tuple[float, float] | None = None,
+        mode: Literal["track", "detect", "auto"] = "track",
+    ) -> Stream | FrameDetector:
+        """A frame-by-frame session (video, live ultrasound/endoscopy, volume slices) for `prompts`.
+
+        mode "track" (default) runs detector + tracker memory and needs an export with tracker
+        graphs; "detect" segments every frame on its own (no memory); "auto" tracks when the
+        export can and otherwise detects per frame, logging which. The stream keeps a bounded
+        memory per object; `reset()` starts a new video with the same prompts.
+        """
+        if window is not None and not isinstance(window, IntensityWindow):
+            window = IntensityWindow(*window)
+        if mode not in ("track", "detect", "auto"):
+            raise UsageError(f"stream mode must be track, detect or auto, got {mode!r}")
+        if mode == "detect" or (mode == "auto" and not self.manifest.has_tracker):
+            if mode == "auto":
+                log.warning("this export has no tracker graphs: frames are segmented independently (per-frame detection)")
+            threshold = options.detection_threshold if options is not None else None
+            return FrameDetector(self.model, prompts, detection_threshold=threshold, window=window)
+        return Stream(self.model, prompts, options=options, window=window)
+
+    def segment_volume(
+        self,
+        volume: str | os.PathLike[str] | np.ndarray | Volume,
+        prompts: str | Sequence[str],
+        *,
+        axis: Axis = "axial",
+        spacing: Sequence[float] | None = None,
+        window: IntensityWindow | tuple[float, float] | None = None,
+        bidirectional: bool = False,
+        options: StreamOptions | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        mode: Literal["track", "detect", "auto"] = "auto",
+    ) -> VolumeResult:
+        """Segment a NIfTI file, a DICOM series folder or a (slices, H, W) array, slice by slice.
+
+        Returns the label volume on the input's voxel grid with its affine, and per-object and
+        per-prompt volumes in millilitres. Without `window`, one intensity mapping (the volume's
+        range) is used for every slice. mode: see `stream` (default "auto": the tracker when
+        the export has one, else independent per-slice detection; `VolumeResult.mode` says which).
+        """
+        vol = open_volume(volume, axis=axis, spacing=spacing)
+        if window is not None and not isinstance(window, IntensityWindow):
+            window = IntensityWindow(*window)
+        stream = new_volume_stream(self, prompts, vol, window=window, options=options, mode=mode)
+        return segment_volume(stream, vol, bidirectional=bidirectional, progress=progress)
 
     def close(self) -> None:
         self.model.close()

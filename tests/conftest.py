@@ -17,6 +17,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TEST_INIT_STD = 0.05  # see medsam3_export.random_checkpoint
 
+# The persistent SHA-256 cache (medsam3_rt.hash_cache) of this test run and of the CLI processes
+# it starts goes to a throw-away folder, not the user's ~/.cache.
+if "MEDSAM3_RT_CACHE_DIR" not in os.environ:
+    import atexit
+    import tempfile
+
+    os.environ["MEDSAM3_RT_CACHE_DIR"] = tempfile.mkdtemp(prefix="medsam3-rt-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MEDSAM3_RT_CACHE_DIR"], True)
+
 
 def cli(*args: str, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the installed `medsam3-rt` console script like a user would."""
@@ -51,6 +60,33 @@ def tiny_reference(tiny_hf_dir: Path):
     from transformers import Sam3Model
 
     return Sam3Model.from_pretrained(tiny_hf_dir, local_files_only=True).eval()
+
+
+# The tracker's object-score head is shifted so that, in this random model, objects are
+# present on textured frames and absent on flat ones: streams then show objects appearing,
+# disappearing and coming back (see test_streaming_parity.py).
+TRACKER_SCORE_SHIFT = 1.3
+
+
+@pytest.fixture(scope="session")
+def tiny_video_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random `Sam3VideoModel` (detector + tracker) in Hugging Face layout."""
+    import torch
+    from medsam3_export import random_checkpoint
+
+    out = tmp_path_factory.mktemp("video-ckpt") / "tiny-sam3-video"
+    video = random_checkpoint("tiny", video=True, seed=1, init_std=0.1).video
+    with torch.no_grad():
+        video.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias -= TRACKER_SCORE_SHIFT
+    video.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_video_export(tiny_video_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("video-export") / "tiny-video-export"
+    cli("export", str(tiny_video_hf_dir), "--output", str(out), "--quiet", check=True)
+    return out
 
 
 @pytest.fixture(scope="session")

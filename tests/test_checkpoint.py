@@ -110,3 +110,46 @@ def test_directory_errors(tmp_path: Path, tiny_hf_dir: Path) -> None:
         load_checkpoint(no_weights)
     with pytest.raises(CheckpointError, match="has its own config.json"):
         load_checkpoint(tiny_hf_dir, config="tiny")
+
+
+SAM2_TRACKER_PREFIXES = (
+    "sam_mask_decoder.",
+    "sam_prompt_encoder.",
+    "transformer.encoder.",
+    "maskmem_backbone.",
+    "obj_ptr_proj.",
+    "obj_ptr_tpos_proj.",
+    "mask_downsample.",
+    "maskmem_tpos_enc",
+    "no_mem_embed",
+    "no_mem_pos_enc",
+    "no_obj_ptr",
+    "no_obj_embed_spatial",
+)
+
+
+def test_original_sam3_pt_with_tracker(tmp_path: Path) -> None:
+    """A sam3.pt holding detector.* and tracker.* keys loads into a Sam3VideoModel (detector + tracker + tracker neck)."""
+    from medsam3_export import load_checkpoint, random_checkpoint
+    from medsam3_export.sam3_layout import detector_from_hf, tracker_from_hf
+
+    video = random_checkpoint("tiny", video=True, seed=2).video
+    trk = video.tracker_model
+    with torch.no_grad():  # converted checkpoints hold one gaussian matrix; transformers copies it into both places
+        trk.shared_image_embedding.positional_embedding.copy_(trk.prompt_encoder.shared_embedding.positional_embedding)
+    state = video.state_dict()
+    tracker, neck = tracker_from_hf(state)
+    assert all(k.startswith(SAM2_TRACKER_PREFIXES) for k in tracker), sorted(k for k in tracker if not k.startswith(SAM2_TRACKER_PREFIXES))
+    assert all(k.startswith("backbone.vision_backbone.sam2_convs.") for k in neck)
+    detector = detector_from_hf({k.removeprefix("detector_model."): v for k, v in state.items() if k.startswith("detector_model.")})
+    full = {**{f"detector.{k}": v for k, v in {**detector, **neck}.items()}, **{f"tracker.{k}": v for k, v in tracker.items()}}
+    torch.save({"model": full}, tmp_path / "sam3.pt")
+    loaded = load_checkpoint(tmp_path / "sam3.pt", config="tiny")
+    assert loaded.video is not None and loaded.source["class"] == "Sam3VideoModel"
+    got = loaded.video.state_dict()
+    for k, v in state.items():
+        assert torch.equal(v, got[k]), k
+    del full["tracker.sam_mask_decoder.iou_token.weight"]
+    torch.save(full, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="tracker"):
+        load_checkpoint(tmp_path / "partial.pt", config="tiny")

@@ -38,7 +38,7 @@ def test_version_and_info(tiny_export: Path) -> None:
 def test_segment_folder_writes_three_outputs_per_image(tiny_export: Path, images: Path, tmp_path: Path, segmenter) -> None:
     out = tmp_path / "out"
     proc = cli("segment", str(tiny_export), str(images), "-p", "polyp", "-p", "Left Kidney", "-o", str(out), check=True)
-    assert "wrote 12 files for 4 image(s)" in proc.stderr
+    assert "wrote 12 files for 4 input(s)" in proc.stderr
     for stem in ("rgb", "gray16", "photo", "slice"):
         label = cv2.imread(str(out / f"{stem}.mask.png"), cv2.IMREAD_UNCHANGED)
         overlay = cv2.imread(str(out / f"{stem}.overlay.png"))

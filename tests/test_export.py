@@ -64,7 +64,7 @@ def test_parity_report_and_manifest(tiny_export: Path) -> None:
             assert row["sign_agreement"] >= 0.999
     for rel, entry in m.files.items():
         assert sha256_file(tiny_export / rel) == entry.sha256
-    assert m.dims == gc.ModelDims(image_size=224, patch_size=14, fpn_channels=64, text_context=32, num_queries=20)
+    assert m.dims == gc.ModelDims(image_size=224, patch_size=14, fpn_channels=128, text_context=32, num_queries=20)
     assert m.tokenizer.vocab_size == 49408 and m.tokenizer.context_length == 32
 
 

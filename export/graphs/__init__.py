@@ -27,6 +27,7 @@ def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims) ->
     from .detector import DetectorGraph
     from .image_backbone import ImageBackboneGraph
     from .text_encoder import TextEncoderGraph
+    from .tracker import MemoryEncoderGraph, TrackerInitGraph, TrackerStepGraph
 
     if name == gc.TEXT_ENCODER:
         return TextEncoderGraph(ckpt.detector).eval()
@@ -34,4 +35,9 @@ def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims) ->
         return ImageBackboneGraph(ckpt.detector, ckpt.video if dims.has_tracker else None).eval()
     if name == gc.DETECTOR:
         return DetectorGraph(ckpt.detector, dims.feat_size).eval()
+    tracker_graphs = {gc.TRACKER_INIT: TrackerInitGraph, gc.TRACKER_STEP: TrackerStepGraph, gc.MEMORY_ENCODER: MemoryEncoderGraph}
+    if name in tracker_graphs:
+        if ckpt.video is None:
+            raise KeyError(f"'{name}' needs a checkpoint with a tracker (Sam3VideoModel)")
+        return tracker_graphs[name](ckpt.video).eval()
     raise KeyError(f"no graph module for '{name}'")

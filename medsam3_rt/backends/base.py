@@ -3,12 +3,18 @@
 A `Backend` opens one `GraphRunner` per exported graph. Runners take and return numpy
 arrays named as in the manifest; the base class checks feeds against the graph contract
 before a backend sees them, so every backend fails the same way on bad input.
+
+Device handoff: a GPU runner may return some outputs as `DeviceTensor`s (memory that stays
+on the accelerator) when the caller asked for them with `keep_outputs_on_device` (the model
+does so for the backbone features, which only other graphs read). Any runner accepts a
+`DeviceTensor` feed: runners of the same backend use the device memory directly, others
+copy it to the host with `.numpy()`. `as_numpy` is the one explicit device-to-host copy.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -17,7 +23,61 @@ import numpy as np
 
 from ..errors import ManifestError
 from ..graph_contract import GraphSpec
-from ..manifest import GraphEntry
+from ..manifest import GraphEntry, Manifest
+
+
+class DeviceTensor(ABC):
+    """A graph output left in accelerator memory (a TensorRT buffer, an ORT OrtValue, a torch tensor).
+
+    It has the numpy-like `shape`, `dtype` and `ndim` the graph contract checks, and
+    `numpy()`, an explicit device-to-host copy. It stays valid while referenced: runners
+    never write into memory a live DeviceTensor points to (TensorRT rotates a small pool of
+    output buffers, reused once the tensors holding them are gone).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    device: str = "cuda"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @abstractmethod
+    def numpy(self) -> np.ndarray: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={list(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+
+Tensor = np.ndarray | DeviceTensor
+
+
+def as_numpy(value: Tensor) -> np.ndarray:
+    """The host array of a runner output (a copy for device tensors, the array itself otherwise)."""
+    return value.numpy() if isinstance(value, DeviceTensor) else value
+
+
+RunOnce = Callable[[Mapping[str, "Tensor"]], Mapping[str, "Tensor"]]
+
+
+def run_chunked(
+    spec: GraphSpec, feeds: Mapping[str, Tensor], axis: str | None, limit: int | None, run_once: RunOnce
+) -> dict[str, Tensor] | None:
+    """Run a batch larger than a GPU profile's `limit` along `axis` (P or N) in chunks; None if it fits.
+
+    Only for graphs whose outputs all lead with `axis` (`engines.batch_axis`): each row is
+    independent, so concatenating per-chunk outputs equals one big run. Results are host arrays.
+    """
+    if axis is None or limit is None:
+        return None
+    batched = {t.name for t in spec.inputs if t.shape and t.shape[0] == axis}
+    rows = max((int(feeds[n].shape[0]) for n in batched), default=0)
+    if rows <= limit:
+        return None
+    host = {n: (as_numpy(v) if n in batched else v) for n, v in feeds.items()}
+    parts = [run_once({n: (v[i : i + limit] if n in batched else v) for n, v in host.items()}) for i in range(0, rows, limit)]
+    return {name: np.concatenate([as_numpy(p[name]) for p in parts], axis=0) for name in spec.output_names}
 
 
 @dataclass(frozen=True)
@@ -36,21 +96,38 @@ class BackendOptions:
     cache_dir: Path | None = None  # ORT-TensorRT engine cache, OpenVINO model cache
     fp16: bool = False  # reduced precision where the backend supports it (GPU providers)
     gpu_mem_limit_bytes: int | None = None
+    # GPU deployment (README "GPU deployment"):
+    precision: str | None = None  # tensorrt: which built engine to load (fp16|bf16|fp32|fp16+int8); torch: CUDA dtype
+    keep_on_device: bool = True  # GPU backends hand backbone features to the next graph without a host copy
+    cuda_graph: bool = False  # tensorrt: capture a CUDA graph per input shape; ort-trt: trt_cuda_graph_enable
+    compile: bool = False  # torch: torch.compile each graph module (with cuda_graph: mode="reduce-overhead")
+    checkpoint: Path | None = None  # torch: the checkpoint the export was made from (checked against the manifest)
 
 
 class GraphRunner(ABC):
     """Runs one exported graph."""
 
+    # Whether `_run` takes DeviceTensor feeds itself; if not, `run` copies them to the host first.
+    accepts_device_tensors: ClassVar[bool] = False
+
     def __init__(self, entry: GraphEntry) -> None:
         self.entry = entry
         self.spec: GraphSpec = entry.spec
+        self.device_outputs: frozenset[str] = frozenset()
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.spec.check_feeds(feeds)
+    def keep_outputs_on_device(self, names: Iterable[str]) -> None:
+        """Ask for these outputs as DeviceTensors; backends without device memory ignore it."""
+        if self.accepts_device_tensors:
+            self.device_outputs = frozenset(names) & frozenset(self.spec.output_names)
+
+    def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self.spec.check_feeds(feeds)  # type: ignore[arg-type]  # DeviceTensors have shape/dtype/ndim
+        if not self.accepts_device_tensors:
+            feeds = {name: as_numpy(value) for name, value in feeds.items()}
         return self._run(feeds)
 
     @abstractmethod
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def _run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release backend resources; the default has none to release."""
@@ -81,6 +158,11 @@ class Backend(ABC):
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()
+
+    @classmethod
+    def supports(cls, manifest: Manifest) -> Availability:
+        """Whether this backend has what it needs for this export (e.g. engines built for this GPU)."""
+        return Availability(True)
 
     @abstractmethod
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner: ...

@@ -3,6 +3,14 @@
 ONNX Runtime silently drops a GPU provider it cannot load (e.g. onnxruntime-gpu without
 CUDA libraries) and runs on the CPU instead. We check `get_providers()` after creating
 every session and refuse, so `backend="ort-cuda"` never means "slowly on the CPU".
+
+On the GPU providers, runs go through I/O binding: outputs the model keeps on the device
+(backbone features) are bound to CUDA memory and returned as `OrtDeviceTensor`s (OrtValues)
+that the next graph binds as inputs without a host copy; everything else is bound to host
+memory. ort-trt takes its optimisation profiles from the same axis ranges as
+`medsam3-rt build` (medsam3_rt.engines). The CUDA and TensorRT provider paths are
+UNVERIFIED on hardware (no GPU with onnxruntime-gpu was available); the I/O-binding code
+itself runs in CI on the CPU device.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelError, first_line
+from .. import engines as eng
+from ..errors import BackendUnavailableError, ModelError, UsageError, first_line
 from ..manifest import GraphEntry
-from .base import Availability, Backend, GraphRunner
+from .base import Availability, Backend, DeviceTensor, GraphRunner, Tensor, as_numpy, run_chunked
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +47,29 @@ def _ort():
     return onnxruntime
 
 
+class OrtDeviceTensor(DeviceTensor):
+    """An ONNX Runtime OrtValue left where the provider put it (CUDA memory on ort-cuda/ort-trt)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.shape = tuple(int(d) for d in value.shape())
+        self.dtype = np.dtype(_ORT_TYPES.get(value.data_type(), "float32"))
+        self.device = str(value.device_name()).lower()
+
+    def numpy(self) -> np.ndarray:
+        return self.value.numpy()
+
+
 class OrtRunner(GraphRunner):
-    def __init__(self, entry: GraphEntry, path: Path, session: Any) -> None:
+    accepts_device_tensors = True
+
+    def __init__(self, entry: GraphEntry, path: Path, session: Any, io_device: tuple[str, int] | None = None) -> None:
         super().__init__(entry)
         self.session = session
         self.path = path
+        self.io_device = io_device  # ("cuda", device_id): bind device outputs there
+        self.batch_axis = eng.batch_axis(entry.spec)
+        self.max_batch: int | None = None  # ort-trt: the profile's max along the batch axis; larger batches are chunked
         self.check_declared_io(
             {i.name: _ORT_TYPES.get(i.type, i.type) for i in session.get_inputs()},
             {o.name: _ORT_TYPES.get(o.type, o.type) for o in session.get_outputs()},
@@ -50,9 +77,40 @@ class OrtRunner(GraphRunner):
         )
         self._outputs = list(self.spec.output_names)
 
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self._outputs, dict(feeds))
-        return dict(zip(self._outputs, values))
+    def keep_outputs_on_device(self, names: Any) -> None:
+        if self.io_device is not None:  # host-only sessions have no device memory to keep
+            super().keep_outputs_on_device(names)
+
+    def _run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        chunked = run_chunked(self.spec, feeds, self.batch_axis, self.max_batch, self._run_direct)
+        return chunked if chunked is not None else self._run_direct(feeds)
+
+    def _run_direct(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if self.io_device is None or not (self.device_outputs or any(isinstance(v, OrtDeviceTensor) for v in feeds.values())):
+            values = self.session.run(self._outputs, {k: as_numpy(v) for k, v in feeds.items()})
+            return dict(zip(self._outputs, values))
+        return self._run_bound(feeds)
+
+    def _run_bound(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """I/O binding: device tensors in and out without host copies, the rest via host memory."""
+        assert self.io_device is not None
+        device_type, device_id = self.io_device
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, OrtDeviceTensor):
+                binding.bind_ortvalue_input(name, value.value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(as_numpy(value)))
+        for name in self._outputs:
+            if name in self.device_outputs:
+                binding.bind_output(name, device_type, device_id)
+            else:
+                binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        out: dict[str, Tensor] = {}
+        for name, value in zip(self._outputs, binding.get_outputs()):
+            out[name] = OrtDeviceTensor(value) if name in self.device_outputs else value.numpy()
+        return out
 
     def close(self) -> None:
         self.session = None
@@ -60,6 +118,7 @@ class OrtRunner(GraphRunner):
 
 class _OrtBackend(Backend):
     provider: ClassVar[str]
+    io_device: ClassVar[str | None] = None  # device type for I/O binding ("cuda"); None = plain host runs
 
     @classmethod
     def probe(cls) -> Availability:
@@ -72,7 +131,7 @@ class _OrtBackend(Backend):
             return Availability(False, f"onnxruntime {ort.__version__} has no {cls.provider} (has: {', '.join(available)})")
         return Availability(True)
 
-    def providers(self) -> list[Any]:
+    def providers(self, entry: GraphEntry | None = None) -> list[Any]:
         return ["CPUExecutionProvider"]
 
     def session_options(self) -> Any:
@@ -90,7 +149,7 @@ class _OrtBackend(Backend):
         ort = _ort()
         path = model_dir / entry.file
         try:
-            session = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=self.providers())
+            session = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=self.providers(entry))
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             raise ModelError(f"ONNX Runtime cannot load {path.name}: {first_line(e)}") from None
         active = session.get_providers()
@@ -99,7 +158,8 @@ class _OrtBackend(Backend):
                 self.name, f"ONNX Runtime fell back to {active[0]} for {path.name} (CUDA/TensorRT libraries missing?)"
             )
         log.debug("%s: %s on %s", self.name, path.name, active)
-        return OrtRunner(entry, path, session)
+        io = (self.io_device, self.options.device_id) if self.io_device else None
+        return OrtRunner(entry, path, session, io)
 
 
 class OrtCpuBackend(_OrtBackend):
@@ -112,26 +172,74 @@ class OrtCudaBackend(_OrtBackend):
     name = "ort-cuda"
     description = "ONNX Runtime, CUDA execution provider (pip install 'medsam3-rt[gpu]')"
     provider = "CUDAExecutionProvider"
+    io_device = "cuda"
 
-    def providers(self) -> list[Any]:
-        cuda: dict[str, Any] = {"device_id": self.options.device_id}
+    def cuda_options(self) -> dict[str, Any]:
+        """CUDA provider options: fp32 kept exact (no TF32), memory grown only as requested."""
+        if self.options.fp16 or self.options.precision not in (None, "fp32"):
+            raise UsageError(
+                "ort-cuda runs the exported fp32 graphs as they are; for fp16/bf16 use backend 'ort-trt' "
+                "(fp16=True) or TensorRT engines (`medsam3-rt build --precision fp16`, backend 'tensorrt')"
+            )
+        cuda: dict[str, Any] = {
+            "device_id": self.options.device_id,
+            "arena_extend_strategy": "kSameAsRequested",  # do not reserve 2x the largest request
+            "cudnn_conv_algo_search": "EXHAUSTIVE",  # best convolution kernels; first run is slower
+            "do_copy_in_default_stream": True,
+            "use_tf32": False,  # TF32 matmuls would silently change fp32 results (~1e-3 relative)
+        }
         if self.options.gpu_mem_limit_bytes:
             cuda["gpu_mem_limit"] = self.options.gpu_mem_limit_bytes
-        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        return cuda
+
+    def providers(self, entry: GraphEntry | None = None) -> list[Any]:
+        return [("CUDAExecutionProvider", self.cuda_options()), "CPUExecutionProvider"]
 
 
 class OrtTensorrtBackend(_OrtBackend):
     name = "ort-trt"
     description = "ONNX Runtime, TensorRT execution provider (builds engines on first run: minutes)"
     provider = "TensorrtExecutionProvider"
+    io_device = "cuda"
 
-    def providers(self) -> list[Any]:
-        trt: dict[str, Any] = {"device_id": self.options.device_id, "trt_fp16_enable": self.options.fp16}
+    def trt_options(self, entry: GraphEntry | None = None) -> dict[str, Any]:
+        """TensorRT provider options: precision, caches, and the same profiles as `medsam3-rt build`.
+
+        Without `cache_dir` every new process rebuilds the engines (minutes for SAM3); with it,
+        engines and the timing cache are kept in that folder, keyed by ONNX Runtime.
+        """
+        precision = self.options.precision or ("fp16" if self.options.fp16 else "fp32")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise UsageError(f"ort-trt precision '{precision}' is not one of fp32, fp16, bf16")
+        trt: dict[str, Any] = {
+            "device_id": self.options.device_id,
+            "trt_fp16_enable": precision == "fp16",
+            "trt_bf16_enable": precision == "bf16",
+            # Norm layers overflow in fp16 (ViT activations reach ~1e3): keep them fp32, like the builder.
+            "trt_layer_norm_fp32_fallback": precision != "fp32",
+            "trt_builder_optimization_level": 3,
+            "trt_cuda_graph_enable": self.options.cuda_graph,
+        }
+        if self.options.gpu_mem_limit_bytes:
+            trt["trt_max_workspace_size"] = self.options.gpu_mem_limit_bytes
         if self.options.cache_dir is not None:
             cache = str(self.options.cache_dir)
             trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache, trt_timing_cache_enable=True, trt_timing_cache_path=cache)
+        if entry is not None and any(isinstance(d, str) for t in entry.spec.inputs for d in t.shape):
+            lo, opt, hi = eng.profile_shape_strings(eng.derive_profile(entry.spec, eng.axis_ranges()))
+            trt.update(trt_profile_min_shapes=lo, trt_profile_opt_shapes=opt, trt_profile_max_shapes=hi)
+        return trt
+
+    def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:
+        runner = super().open(entry, model_dir)
+        assert isinstance(runner, OrtRunner)
+        if runner.batch_axis is not None:
+            runner.max_batch = eng.axis_ranges()[runner.batch_axis].max
+        return runner
+
+    def providers(self, entry: GraphEntry | None = None) -> list[Any]:
         return [
-            ("TensorrtExecutionProvider", trt),
-            ("CUDAExecutionProvider", {"device_id": self.options.device_id}),
+            ("TensorrtExecutionProvider", self.trt_options(entry)),
+            ("CUDAExecutionProvider", {"device_id": self.options.device_id, "use_tf32": False}),
             "CPUExecutionProvider",
         ]

@@ -10,10 +10,11 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from .._version import __version__
 from ..errors import Medsam3Error
-from . import info, prompts, segment
+from . import bench, build, demo, info, prompts, segment, train
 from ._console import STATE, err_console, say
 
 app = typer.Typer(
@@ -49,6 +50,11 @@ def main(
 
 app.command("segment", no_args_is_help=True)(segment.segment)
 app.command("info", no_args_is_help=True)(info.info)
+app.command("train")(train.train_command)
+app.command("eval", no_args_is_help=True)(train.eval_command)
+app.command("build", no_args_is_help=True)(build.build)
+app.command("demo")(demo.demo)
+app.command("bench", no_args_is_help=True)(bench.bench)
 app.add_typer(prompts.app, name="prompts")
 
 
@@ -99,7 +105,7 @@ def run(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)  # keeps [trt] etc.
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -1,55 +1,99 @@
-"""`medsam3-rt segment`: images (and folders of them) -> label maps, overlays and JSON."""
+"""`medsam3-rt segment`: images, volumes and videos -> label maps, overlays and JSON."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .._version import __version__
-from ..errors import InputError, OutputExistsError
-from ..io.atomic import atomic_path, atomic_write_text
+from ..backends import BackendOptions
+from ..errors import InputError, OutputExistsError, UsageError
+from ..io.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from ..io.images import IMAGE_SUFFIXES, is_image_file, list_images, read_image, write_png
+from ..io.video import VIDEO_SUFFIXES, is_video_file
+from ..io.volumes import AXES, is_nifti
 from ..manifest import INTENDED_USE
 from ..overlay import draw_overlay
 from ..preprocess import IntensityWindow, parse_window
 from ..segmenter import Segmenter, SegmentResult, load
 from ..tokenizer import as_prompt_list
+from ..tracker.settings import StreamOptions
 from ._console import STATE, err_console, out_console, say
+from ._sequences import VIDEO_OUTPUTS, VOLUME_OUTPUTS, run_video, run_volume
 
 OUTPUT_SUFFIXES = (".mask.png", ".overlay.png", ".json")
 
 
-def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
+@dataclass(frozen=True)
+class Job:
+    """One input and the outputs it writes."""
+
+    kind: str  # "image" | "volume" | "video"
+    source: Path
+    stem: str
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return {"image": OUTPUT_SUFFIXES, "volume": VOLUME_OUTPUTS, "video": VIDEO_OUTPUTS}[self.kind]
+
+    def outputs(self, output: Path) -> list[Path]:
+        return [output / f"{self.stem}{suffix}" for suffix in self.suffixes]
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    for f in sorted(folder.rglob("*"))[:2000]:
+        try:
+            if f.is_file() and f.stat().st_size > 132:
+                with open(f, "rb") as fh:
+                    fh.seek(128)
+                    if fh.read(4) == b"DICM":
+                        return True
+        except OSError:  # unreadable entries are not DICOM evidence
+            continue
+    return False
+
+
+def collect_inputs(inputs: Sequence[Path], *, as_sequence: bool = False) -> list[Job]:
+    """Classify inputs: 2D images, NIfTI volumes, DICOM series folders, videos, image sequences."""
+    jobs: list[Job] = []
     for p in inputs:
         if p.is_dir():
+            if _is_dicom_folder(p):
+                jobs.append(Job("volume", p, p.name))
+                continue
             found = list_images(p)
             if not found:
-                raise InputError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-            files += found
+                raise InputError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)}) and no DICOM files")
+            jobs += [Job("video", p, p.name)] if as_sequence else [Job("image", f, f.stem) for f in found]
         elif p.exists():
-            if not is_image_file(p):
-                raise InputError(f"{p}: not a supported image ({', '.join(IMAGE_SUFFIXES)})")
-            files.append(p)
+            name = p.name.lower()
+            if is_nifti(p):
+                jobs.append(Job("volume", p, p.name[: -len(".nii.gz")] if name.endswith(".nii.gz") else p.stem))
+            elif is_video_file(p):
+                jobs.append(Job("video", p, p.stem))
+            elif is_image_file(p):
+                jobs.append(Job("image", p, p.stem))
+            else:
+                raise InputError(
+                    f"{p}: not a supported input (images {', '.join(IMAGE_SUFFIXES)}; volumes .nii/.nii.gz or a DICOM "
+                    f"folder; videos {', '.join(VIDEO_SUFFIXES)})"
+                )
         else:
             raise InputError(f"{p}: no such file or folder")
     stems: dict[str, Path] = {}
-    for f in files:
-        if f.stem in stems and stems[f.stem] != f:
-            raise InputError(f"{f} and {stems[f.stem]} would write the same outputs ('{f.stem}.*'); rename one")
-        stems[f.stem] = f
-    return list(dict.fromkeys(files))
-
-
-def outputs_for(output: Path, image: Path) -> list[Path]:
-    return [output / f"{image.stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    for j in jobs:
+        if j.stem in stems and stems[j.stem] != j.source:
+            raise InputError(f"{j.source} and {stems[j.stem]} would write the same outputs ('{j.stem}.*'); rename one")
+        stems[j.stem] = j.source
+    return list({j.source: j for j in jobs}.values())
 
 
 def result_json(image: Path, result: SegmentResult, seg: Segmenter, timings: dict[str, float]) -> dict:
@@ -92,66 +136,152 @@ def write_outputs(
 
 def segment(
     model_dir: Path = typer.Argument(..., help="Export directory (from `medsam3-rt export`)."),
-    inputs: list[Path] = typer.Argument(..., help="Image files (PNG/JPEG/BMP/TIFF, 8/16-bit) or folders of them."),
+    inputs: list[Path] = typer.Argument(
+        ..., help="Images (PNG/JPEG/BMP/TIFF, 8/16-bit), folders of them, NIfTI volumes, DICOM series folders, videos."
+    ),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="Text prompt; repeat for several structures."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (created if missing)."),
-    min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0, help="Empty masks whose score is below this."),
-    backend: str = typer.Option("auto", "--backend", "-b", help="auto, ort-cpu, ort-cuda, ort-trt."),
+    min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0, help="2D: empty masks whose score is below this."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto, ort-cpu, ort-cuda, ort-trt, tensorrt, openvino, torch."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads per graph (default: library choice)."),
-    window: str | None = typer.Option(None, "--window", help="Intensity window for 16-bit/float/CT images: LOW,HIGH or a CT preset."),
+    gpu_mem_limit: str | None = typer.Option(
+        None, "--gpu-mem-limit", help="ort-cuda: cap of its memory arena; ort-trt: TensorRT workspace. Bytes, or e.g. 4G, 512M."
+    ),
+    window: str | None = typer.Option(None, "--window", help="Intensity window for 16-bit/float/CT data: LOW,HIGH or a CT preset."),
     prompt_pack: list[Path] = typer.Option([], "--prompt-pack", help="Precomputed text embeddings (`prompts pack`)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     resume: bool = typer.Option(False, "--resume", help="Skip inputs whose outputs are already complete."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="--backend torch: the checkpoint the export was made from."),
+    axis: str = typer.Option("axial", "--axis", help="Volumes: slicing plane, axial, coronal or sagittal."),
+    bidirectional: bool = typer.Option(False, "--bidirectional", help="Volumes: start at the most confident slice, track both ways."),
+    series: str | None = typer.Option(None, "--series", help="DICOM: the SeriesInstanceUID to use when a folder holds several."),
+    as_sequence: bool = typer.Option(False, "--as-sequence", help="Treat each folder of images as one video (frames in name order)."),
+    detection_threshold: float | None = typer.Option(
+        None, "--detection-threshold", min=0.0, max=1.0, help="Volumes/video: override the model's detection threshold."
+    ),
+    new_object_threshold: float | None = typer.Option(
+        None, "--new-object-threshold", min=0.0, max=1.0, help="Volumes/video: score for a detection to start a new object."
+    ),
+    forget_after: int | None = typer.Option(None, "--forget-after", min=1, help="Volumes/video: drop objects empty this many frames."),
+    no_nms: bool = typer.Option(False, "--no-nms", help="Volumes/video: no detection NMS (as transformers without hub kernels)."),
+    no_fill_holes: bool = typer.Option(False, "--no-fill-holes", help="Volumes/video: no hole filling / sprinkle removal."),
 ) -> None:
-    """Segment text prompts in 2D images; writes <stem>.mask.png, <stem>.overlay.png, <stem>.json per image."""
+    """Segment text prompts in images, volumes and videos.
+
+    Images: <stem>.mask.png, <stem>.overlay.png, <stem>.json. Volumes (NIfTI, DICOM series):
+    <stem>.labels.nii.gz on the input grid, <stem>.overlay.png, <stem>.json with volumes in mL.
+    Videos and --as-sequence folders: <stem>.overlay.mp4, <stem>.labels.npz, <stem>.json per frame.
+    """
     prompts = as_prompt_list(prompt)  # validate before touching anything
-    files = collect_inputs(inputs)
+    if axis not in AXES:
+        raise typer.BadParameter(f"--axis must be one of {', '.join(AXES)}", param_hint="--axis")
+    jobs = collect_inputs(inputs, as_sequence=as_sequence)
     win = parse_window(window) if window else None
+    stream_options = StreamOptions(
+        nms=not no_nms,
+        fill_holes=not no_fill_holes,
+        forget_after=forget_after,
+        detection_threshold=detection_threshold,
+        new_object_threshold=new_object_threshold,
+    )
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"--output '{output}' exists and is not a folder")
     todo = []
-    for f in files:
-        paths = outputs_for(output, f)
+    for job in jobs:
+        paths = job.outputs(output)
+        for p in paths:  # hidden temporaries of a run that was killed mid-write
+            remove_stale_temporaries(p)
         done = [p for p in paths if p.exists()]
         if done and not force:
             if resume and len(done) == len(paths):
                 continue
             if not resume:
                 raise OutputExistsError(f"{done[0]} exists; pass --force to overwrite or --resume to skip finished inputs")
-        todo.append((f, paths))
+        todo.append((job, paths))
     if not todo:
-        say(f"nothing to do: all {len(files)} inputs already have outputs in {output}")
+        say(f"nothing to do: all {len(jobs)} inputs already have outputs in {output}")
         return
-    seg = load(model_dir, backend, threads=threads, prompt_packs=prompt_pack)
-    rows: list[tuple[str, str, float, int]] = []
+    options = BackendOptions(intra_op_threads=threads, checkpoint=checkpoint, gpu_mem_limit_bytes=parse_bytes(gpu_mem_limit))
+    seg = load(model_dir, backend, options=options, prompt_packs=prompt_pack)
+    rows: list[tuple[str, str, str, str]] = []
+    images = sum(1 for j, _ in todo if j.kind == "image")
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        disable=STATE.quiet or len(todo) < 2,
+        disable=STATE.quiet or not err_console.is_terminal,  # no bars in logs and pipes
         transient=True,
     ) as bar:
-        task = bar.add_task("segmenting", total=len(todo))
-        for f, paths in todo:
-            t0 = time.perf_counter()
-            image = read_image(f)
-            t_read = (time.perf_counter() - t0) * 1e3
-            result = seg.segment(image, prompts, min_score=min_score, window=win)
-            timings = {"read": t_read, **result.timings_ms}
-            t1 = time.perf_counter()
-            payload = result_json(f, result, seg, timings)
-            write_outputs(f, image, result, paths, win, payload)
-            timings["write"] = (time.perf_counter() - t1) * 1e3
-            rows += [(f.name, p, float(s), int(a)) for p, s, a in zip(result.prompts, result.scores, result.areas)]
-            bar.advance(task)
+        task = bar.add_task("images", total=images, visible=images > 1)
+        for job, paths in todo:
+            if job.kind == "image":
+                rows += _run_image(seg, job.source, prompts, paths, min_score, win)
+                bar.advance(task)
+                continue
+            sub = bar.add_task(f"{job.source.name}", total=None)
+
+            def tick(done: int, total: int, sub: TaskID = sub) -> None:
+                bar.update(sub, completed=done, total=total)
+
+            if job.kind == "volume":
+                res = run_volume(
+                    seg,
+                    job.source,
+                    prompts,
+                    paths,
+                    axis=axis,
+                    window=win,
+                    bidirectional=bidirectional,  # type: ignore[arg-type]
+                    options=stream_options,
+                    series_uid=series,
+                    tick=tick,
+                )
+                rows += [(job.source.name, p, f"{res.prompt_volumes_ml[p]:.2f} mL", "-") for p in res.prompts]
+            else:
+                frames = run_video(seg, job.source, prompts, paths, window=win, options=stream_options, tick=tick)
+                ids = {int(o) for fr in frames for o in fr.object_ids}
+                rows.append((job.source.name, ", ".join(prompts), f"{len(frames)} frames", f"{len(ids)} objects"))
+            bar.remove_task(sub)
     seg.close()
     if STATE.quiet:
         return
     if len(rows) <= 24:
-        table = Table("image", "prompt", "score", "area px", title=f"medsam3-rt segment ({seg.backend_name})")
-        for name, p, s, a in rows:
-            table.add_row(name, p, f"{s:.3f}", str(a))
+        table = Table("input", "prompt", "score / volume", "area px", title=f"medsam3-rt segment ({seg.backend_name})")
+        for row in rows:
+            table.add_row(*row)
         out_console.print(table)
-    say(f"wrote {3 * len(todo)} files for {len(todo)} image(s) to {output}")
+    files = sum(len(p) for _, p in todo)
+    say(f"wrote {files} files for {len(todo)} input(s) to {output}")
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'4G', '512M', '64k' or a plain number of bytes (binary units)."""
+    if text is None:
+        return None
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in units and value[-1:] else ""
+    try:
+        amount = float(value[: len(value) - len(unit)])
+    except ValueError:
+        amount = -1.0
+    if not amount > 0 or amount * units[unit] >= 1 << 62:
+        raise UsageError(f"--gpu-mem-limit '{text}' is not a size; give bytes or a number with K, M, G or T (e.g. 4G)")
+    return int(amount * units[unit])
+
+
+def _run_image(
+    seg: Segmenter, path: Path, prompts: list[str], paths: list[Path], min_score: float, window: IntensityWindow | None
+) -> list[tuple[str, str, str, str]]:
+    t0 = time.perf_counter()
+    image = read_image(path)
+    t_read = (time.perf_counter() - t0) * 1e3
+    try:
+        result = seg.segment(image, prompts, min_score=min_score, window=window)
+    except InputError as e:  # array rules (size, NaN) do not know the file name
+        raise InputError(e.message if str(path) in e.message else f"{path}: {e.message}") from None
+    timings = {"read": t_read, **result.timings_ms}
+    write_outputs(path, image, result, paths, window, result_json(path, result, seg, timings))
+    return [(path.name, p, f"{s:.3f}", str(int(a))) for p, s, a in zip(result.prompts, result.scores, result.areas, strict=True)]

@@ -1,8 +1,14 @@
-"""Outputs appear whole or not at all: write to a temporary sibling, fsync, then rename."""
+"""Outputs appear whole or not at all: write to a temporary sibling, fsync, then rename.
+
+A process killed mid-write (SIGKILL, power loss) leaves at most a hidden temporary
+`.<stem>.<pid>.<random>.tmp<suffixes>` next to the target, never a partial target;
+`remove_stale_temporaries` deletes those whose writing process is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -34,7 +40,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{''.join(target.suffixes)}", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=f".tmp{''.join(target.suffixes)}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
@@ -46,6 +52,33 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries of `path` that interrupted `atomic_path` writes left (writer no longer running)."""
+    target = Path(path)
+    removed: list[Path] = []
+    head = f".{target.stem}."
+    pattern = f"{glob.escape(head)}*.tmp{glob.escape(''.join(target.suffixes))}"
+    with contextlib.suppress(OSError):
+        for tmp in target.parent.glob(pattern):
+            pid = tmp.name[len(head) :].split(".", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue  # another process is writing it right now
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -70,10 +103,11 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
-        for root, _dirs, files in os.walk(staging):
+        for root, _dirs, files in os.walk(staging, topdown=False):
             for name in files:
                 with open(Path(root) / name, "rb+") as f:
                     os.fsync(f.fileno())
+            _fsync_dir(Path(root))  # the names inside it, before the rename publishes them
         if target.exists():
             if not overwrite:
                 raise FileExistsError(str(target))

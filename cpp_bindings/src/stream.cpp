@@ -1,0 +1,572 @@
+#include "stream.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+#include <set>
+
+#include "error.h"
+#include "postprocess.h"
+
+namespace m3rt {
+namespace {
+
+class Clock {
+public:
+    explicit Clock(std::array<double, 6>& ms) : ms_(ms), t_(std::chrono::steady_clock::now()) {}
+    void lap(int stage) {
+        const auto now = std::chrono::steady_clock::now();
+        ms_[size_t(stage)] += std::chrono::duration<double, std::milli>(now - t_).count();
+        t_ = now;
+    }
+
+private:
+    std::array<double, 6>& ms_;
+    std::chrono::steady_clock::time_point t_;
+};
+
+enum Stage { PREPROCESS, BACKBONE, DETECTOR, TRACKER, MERGE, POSTPROCESS };
+
+// Rows `rows` of `in` as new planes.
+Planes take_rows(const Planes& in, const std::vector<int64_t>& rows) {
+    Planes out(static_cast<int64_t>(rows.size()), in.h, in.w);
+    for (size_t k = 0; k < rows.size(); ++k) std::copy(in.at(rows[k]), in.at(rows[k]) + in.plane(), out.at(int64_t(k)));
+    return out;
+}
+
+Planes concat(const Planes& a, const Planes& b) {
+    if (a.n == 0) return b;
+    if (b.n == 0) return a;
+    Planes out = a;
+    out.n += b.n;
+    out.v.insert(out.v.end(), b.v.begin(), b.v.end());
+    return out;
+}
+
+std::vector<uint8_t> positive(const float* v, int64_t n) {
+    std::vector<uint8_t> out(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out[i] = v[i] > 0.0f;
+    return out;
+}
+
+bool any_positive(const float* v, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        if (v[i] > 0.0f) return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+void check_stream_options(const StreamOptions& o) {
+    const std::pair<const char*, int64_t> counts[] = {
+        {"max_objects", o.max_objects}, {"max_cond_frames", o.max_cond_frames}, {"forget_after", o.forget_after}};
+    for (const auto& [name, value] : counts) {
+        if (value < 0) throw UsageError(std::string(name) + " must be >= 1 (or 0 for the default), got " + std::to_string(value));
+    }
+    const std::pair<const char*, double> thresholds[] = {{"detection_threshold", o.detection_threshold},
+                                                         {"new_object_threshold", o.new_object_threshold}};
+    for (const auto& [name, value] : thresholds) {
+        if (!(value < 0.0) && !(value >= 0.0 && value <= 1.0)) {
+            throw UsageError(std::string(name) + " must be within 0..1 (or negative for the model's), got " + py_float_repr(value));
+        }
+    }
+}
+
+Stream::Stream(std::shared_ptr<const Manifest> manifest, std::shared_ptr<Backend> backend, PromptSet prompts, const StreamOptions& options,
+               const Window& window)
+    : manifest_(std::move(manifest)), backend_(std::move(backend)), prompts_(std::move(prompts)), options_(options), window_(window) {
+    const Manifest& m = *manifest_;
+    check_stream_options(options_);
+    tracking_ = options_.mode == StreamMode::track || (options_.mode == StreamMode::auto_select && m.has_tracker);
+    if (!tracking_) {  // FrameDetector: the detection threshold of the options, else the model's, else 0.5
+        frame_threshold_ = options_.detection_threshold >= 0.0 ? options_.detection_threshold : 0.5;
+        if (options_.detection_threshold < 0.0) frame_threshold_ = tracker_float(m, "score_threshold_detection", 0.5);
+        image_ = m.dims.image_size;
+        m_ = m.dims.mask_size();
+        pixels_.resize(size_t(3 * image_ * image_));
+        session_ = backend_->open_tracker(false);
+        return;
+    }
+    if (!m.has_tracker) {
+        throw ModelError("this export has no tracker graphs (exported from a " + (m.source_class.empty() ? std::string("Sam3Model") : m.source_class) +
+                         "); export a Sam3VideoModel checkpoint to track objects, or open the stream with mode MEDSAM3RT_STREAM_DETECT "
+                         "for independent frames");
+    }
+    s_ = tracker_settings(m);
+    if (options_.detection_threshold >= 0.0) s_.score_threshold_detection = options_.detection_threshold;
+    if (options_.new_object_threshold >= 0.0) s_.new_det_thresh = options_.new_object_threshold;
+    const gc::ModelDims& d = m.dims;
+    hw_ = d.feat_size() * d.feat_size();
+    mem_ = d.memory_channels;
+    c_ = d.fpn_channels;
+    m_ = d.mask_size();
+    image_ = d.image_size;
+    mem_size_ = 4 * d.mask_size();
+    max_objects_ = options_.max_objects ? options_.max_objects : s_.max_num_objects;
+    max_cond_ = options_.max_cond_frames ? options_.max_cond_frames : s_.max_cond_frame_num;
+    pixels_.resize(size_t(3 * image_ * image_));
+    session_ = backend_->open_tracker(true);
+}
+
+void Stream::reset() {
+    tracks_.clear();
+    next_id_ = 0;
+    t_ = 0;
+}
+
+int64_t Stream::state_nbytes() const {
+    int64_t n = 0;
+    for (const auto& t : tracks_) n += t->nbytes();
+    return n;
+}
+
+ObjectTrack* Stream::find(int64_t obj_id) {
+    for (auto& t : tracks_) {
+        if (t->obj_id == obj_id) return t.get();
+    }
+    throw InternalError("no track with id " + std::to_string(obj_id));
+}
+
+FrameObjects Stream::push_detect_only(const ImageView& image) {
+    std::array<double, 6> ms{};
+    Clock clock(ms);
+    pixel_values(image, manifest_->preprocess, window_, pixels_.data());
+    clock.lap(PREPROCESS);
+    session_->encode_image(pixels_.data());
+    clock.lap(BACKBONE);
+    const PromptSet& ps = prompts_;
+    const TextInput text{static_cast<int64_t>(ps.prompts.size()), ps.T, ps.C, ps.features.data(), ps.mask.data()};
+    Segmentation seg;
+    session_->detect(text, [&](const DetectorView& v) {
+        clock.lap(DETECTOR);
+        if (v.m != m_ || v.P != text.P) throw InternalError("detector returned " + std::to_string(v.P) + " x " + std::to_string(v.m) + " px masks");
+        // top-1 query per prompt, kept when its score reaches the threshold (FrameDetector.push)
+        postprocess(v, image.height, image.width, static_cast<float>(frame_threshold_), manifest_->mask_threshold, seg);
+    });
+    FrameObjects r;
+    r.frame_index = t_;
+    r.height = image.height;
+    r.width = image.width;
+    const int64_t hw = r.height * r.width;
+    for (int64_t p = 0; p < seg.P; ++p) {
+        if (seg.areas[p] == 0) continue;
+        r.object_ids.push_back(p);
+        r.prompt_ids.push_back(p);
+        r.scores.push_back(seg.scores[p]);
+        r.tracker_scores.push_back(seg.scores[p]);
+        r.areas.push_back(seg.areas[p]);
+        r.masks.insert(r.masks.end(), seg.masks.begin() + p * hw, seg.masks.begin() + (p + 1) * hw);
+        float box[4];
+        box_from_mask(&seg.masks[size_t(p * hw)], r.height, r.width, box);
+        r.boxes.insert(r.boxes.end(), box, box + 4);
+    }
+    r.label_map = std::move(seg.label_map);
+    clock.lap(POSTPROCESS);
+    r.timings_ms = ms;
+    ++t_;
+    return r;
+}
+
+FrameObjects Stream::push(const ImageView& image) {
+    if (!tracking_) return push_detect_only(image);
+    std::array<double, 6> ms{};
+    Clock clock(ms);
+    const int64_t t = t_;
+    pixel_values(image, manifest_->preprocess, window_, pixels_.data());
+    clock.lap(PREPROCESS);
+    session_->encode_image(pixels_.data());
+    clock.lap(BACKBONE);
+    const Detections det = detect();
+    clock.lap(DETECTOR);
+    std::vector<ObjectTrack*> tracks;
+    for (auto& tr : tracks_) tracks.push_back(tr.get());
+    const Step step = propagate(tracks, t);
+    clock.lap(TRACKER);
+
+    // -- merge (Stream._merge) --
+    const Association assoc = associate(det, step.masks, tracks);
+    std::vector<int64_t> new_dets = assoc.new_dets;
+    if (static_cast<int64_t>(tracks.size() + new_dets.size()) > max_objects_) {  // keep the best-scoring new detections
+        const int64_t room = std::max<int64_t>(max_objects_ - static_cast<int64_t>(tracks.size()), 0);
+        std::vector<size_t> order(new_dets.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return -det.scores[new_dets[a]] < -det.scores[new_dets[b]]; });
+        std::vector<int64_t> kept;
+        for (size_t i = 0; i < order.size() && static_cast<int64_t>(i) < room; ++i) kept.push_back(new_dets[order[i]]);
+        new_dets = kept;
+    }
+    for (int64_t id : assoc.matched) {
+        ObjectTrack* tr = find(id);
+        tr->keep_alive = std::min(s_.max_trk_keep_alive, tr->keep_alive + 1);
+    }
+    for (int64_t id : assoc.unmatched) {
+        ObjectTrack* tr = find(id);
+        tr->keep_alive = std::max(s_.min_trk_keep_alive, tr->keep_alive - 1);
+    }
+    Recond recond;
+    if (s_.recondition_every_nth_frame > 0 && t % s_.recondition_every_nth_frame == 0) {
+        for (const auto& [obj_id, d] : assoc.high_conf) {
+            size_t i = 0;
+            while (tracks[i]->obj_id != obj_id) ++i;
+            // transformers compares the tracker's *logit* with high_conf_thresh; kept as is
+            if (step.score[i] > static_cast<float>(s_.high_conf_thresh)) recond[obj_id] = d;
+        }
+    }
+    Planes trk_masks = step.masks;
+    if (!tracks.empty()) {
+        trk_masks = suppress_recently_occluded(tracks, trk_masks, t);
+        encode_track_memories(tracks, trk_masks, recond, det, t);
+    }
+    const std::vector<ObjectTrack*> new_tracks = add_objects(tracks, step, recond, det, new_dets, t);
+    clock.lap(MERGE);
+    FrameObjects result = outputs(image.height, image.width, tracks, step, trk_masks, new_tracks, new_dets, recond, det, t);
+    clock.lap(POSTPROCESS);
+    finish_frame(result, t);
+    ++t_;
+    result.timings_ms = ms;
+    return result;
+}
+
+Stream::Detections Stream::detect() {
+    Detections det;
+    const PromptSet& ps = prompts_;
+    const TextInput text{static_cast<int64_t>(ps.prompts.size()), ps.T, ps.C, ps.features.data(), ps.mask.data()};
+    const float thr = static_cast<float>(s_.score_threshold_detection);
+    std::vector<float> masks;
+    session_->detect(text, [&](const DetectorView& v) {
+        if (v.m != m_ || v.P != text.P) throw InternalError("detector returned " + std::to_string(v.P) + " x " + std::to_string(v.m) + " px masks");
+        const int64_t Q = v.Q, px = v.m * v.m;
+        std::vector<float> pr(static_cast<size_t>(Q));
+        for (int64_t p = 0; p < v.P; ++p) {
+            const float presence = sigmoid(v.presence_logits[p]);
+            for (int64_t q = 0; q < Q; ++q) pr[q] = sigmoid(v.pred_logits[p * Q + q]) * presence;
+            const float* logits = v.pred_masks + p * Q * px;
+            if (options_.nms && s_.det_nms_thresh > 0) {
+                const std::vector<uint8_t> keep = nms_masks(pr.data(), logits, Q, px, s_.score_threshold_detection, s_.det_nms_thresh);
+                for (int64_t q = 0; q < Q; ++q) {
+                    if (!keep[q]) pr[q] = 0.0f;
+                }
+            }
+            for (int64_t q = 0; q < Q; ++q) {
+                if (!(pr[q] > thr)) continue;
+                masks.insert(masks.end(), logits + q * px, logits + (q + 1) * px);
+                det.scores.push_back(pr[q]);
+                det.prompt_ids.push_back(p);
+            }
+        }
+    });
+    det.masks.n = static_cast<int64_t>(det.scores.size());
+    det.masks.h = det.masks.w = m_;
+    det.masks.v = std::move(masks);
+    return det;
+}
+
+Stream::Step Stream::propagate(const std::vector<ObjectTrack*>& tracks, int64_t t) {
+    Step st;
+    st.low = Planes(0, m_, m_);
+    if (tracks.empty()) {
+        st.masks = st.low;
+        return st;
+    }
+    const StepFeeds feeds = gather(tracks, t, s_.num_maskmem, s_.max_object_pointers_in_encoder, hw_, mem_, c_);
+    TrackerStepOutputs out;
+    session_->tracker_step(feeds, out);
+    const int64_t N = static_cast<int64_t>(tracks.size());
+    st.low = Planes(N, m_, m_);
+    st.low.v = std::move(out.low_res_masks);
+    for (int64_t i = 0; i < N; ++i) {
+        MemoryEntry e;
+        e.pointer.assign(out.object_pointer.begin() + i * c_, out.object_pointer.begin() + (i + 1) * c_);
+        tracks[i]->recent[t] = std::move(e);
+    }
+    st.score = std::move(out.object_score_logits);
+    st.masks = st.low;
+    if (options_.fill_holes) fill_holes(st.masks, s_.fill_hole_area);
+    return st;
+}
+
+Stream::Association Stream::associate(const Detections& det, const Planes& trk_masks, const std::vector<ObjectTrack*>& tracks) const {
+    Association a;
+    const int64_t n_det = static_cast<int64_t>(det.scores.size()), n_trk = static_cast<int64_t>(tracks.size()), px = m_ * m_;
+    if (tracks.empty()) {
+        for (int64_t d = 0; d < n_det; ++d) a.new_dets.push_back(d);
+        return a;
+    }
+    std::vector<std::vector<uint8_t>> trk_bin;
+    std::vector<bool> nonempty;
+    for (int64_t j = 0; j < n_trk; ++j) {
+        trk_bin.push_back(positive(trk_masks.at(j), px));
+        nonempty.push_back(std::find(trk_bin.back().begin(), trk_bin.back().end(), 1) != trk_bin.back().end());
+    }
+    if (n_det == 0) {
+        for (int64_t j = 0; j < n_trk; ++j) {
+            if (nonempty[j]) a.unmatched.push_back(tracks[j]->obj_id);
+        }
+        return a;
+    }
+    std::vector<float> ious(static_cast<size_t>(n_det * n_trk));
+    for (int64_t d = 0; d < n_det; ++d) {
+        const std::vector<uint8_t> db = positive(det.masks.at(d), px);
+        for (int64_t j = 0; j < n_trk; ++j) {
+            ious[d * n_trk + j] = det.prompt_ids[d] == tracks[j]->prompt_id ? mask_iou(db.data(), trk_bin[j].data(), px) : 0.0f;
+        }
+    }
+    const float trk_assoc = static_cast<float>(s_.trk_assoc_iou_thresh), assoc = static_cast<float>(s_.assoc_iou_thresh);
+    const float new_det = static_cast<float>(s_.new_det_thresh), high_conf = static_cast<float>(s_.high_conf_thresh);
+    const float high_iou = static_cast<float>(s_.high_iou_thresh);
+    for (int64_t j = 0; j < n_trk; ++j) {
+        bool trk_matched = false, matched = false;
+        for (int64_t d = 0; d < n_det; ++d) {
+            trk_matched = trk_matched || ious[d * n_trk + j] >= trk_assoc;
+            matched = matched || ious[d * n_trk + j] >= assoc;
+        }
+        if (nonempty[j] && !trk_matched) a.unmatched.push_back(tracks[j]->obj_id);
+        if (matched) a.matched.push_back(tracks[j]->obj_id);
+    }
+    for (int64_t d = 0; d < n_det; ++d) {
+        const float* row = &ious[d * n_trk];
+        bool any_assoc = false;
+        int64_t best = 0;
+        for (int64_t j = 0; j < n_trk; ++j) {
+            any_assoc = any_assoc || row[j] >= assoc;
+            if (row[j] > row[best]) best = j;  // np.argmax / max: the first maximum
+        }
+        const bool is_new = det.scores[d] >= new_det && !any_assoc;
+        if (is_new) a.new_dets.push_back(d);
+        if (det.scores[d] >= high_conf && !is_new && row[best] >= high_iou) a.high_conf[tracks[best]->obj_id] = d;
+    }
+    return a;
+}
+
+Planes Stream::suppress_recently_occluded(const std::vector<ObjectTrack*>& tracks, const Planes& trk_masks, int64_t t) {
+    const double thr = s_.suppress_overlapping_based_on_recent_occlusion_threshold;
+    const int64_t n = static_cast<int64_t>(tracks.size()), px = trk_masks.plane();
+    std::vector<std::vector<uint8_t>> binary;
+    for (int64_t i = 0; i < n; ++i) binary.push_back(positive(trk_masks.at(i), px));
+    std::vector<bool> suppress(static_cast<size_t>(n), false);
+    if (thr > 0) {
+        std::set<int64_t> prompts;
+        for (ObjectTrack* tr : tracks) prompts.insert(tr->prompt_id);
+        for (int64_t p : prompts) {
+            std::vector<int64_t> idx;
+            for (int64_t i = 0; i < n; ++i) {
+                if (tracks[i]->prompt_id == p) idx.push_back(i);
+            }
+            if (idx.size() <= 1) continue;
+            const size_t k = idx.size();
+            std::vector<bool> sup_i(k, false), sup_j(k, false);
+            for (size_t a = 0; a < k; ++a) {
+                for (size_t b = a + 1; b < k; ++b) {  // np.triu(..., k=1)
+                    if (!(mask_iou(binary[idx[a]].data(), binary[idx[b]].data(), px) >= static_cast<float>(thr))) continue;
+                    const int64_t la = tracks[idx[a]]->last_occluded, lb = tracks[idx[b]]->last_occluded;
+                    if (la > lb && lb > -1) sup_i[a] = true;
+                    if (lb > la && la > -1) sup_j[b] = true;
+                }
+            }
+            for (size_t a = 0; a < k; ++a) suppress[idx[a]] = sup_i[a] || sup_j[a];
+        }
+    }
+    Planes out = trk_masks;
+    for (int64_t i = 0; i < n; ++i) {
+        const bool empty = std::find(binary[i].begin(), binary[i].end(), 1) == binary[i].end();
+        if (empty || suppress[i]) tracks[i]->last_occluded = t;
+        if (suppress[i]) std::fill(out.at(i), out.at(i) + px, NO_OBJ_LOGIT);
+    }
+    return out;
+}
+
+std::vector<std::vector<uint16_t>> Stream::encode(const Planes& masks, const std::vector<uint8_t>& binarize, const std::vector<float>& scores) {
+    const Planes resized = resize_planes(masks, mem_size_, mem_size_, true);
+    std::vector<float> feats;
+    session_->memory_encoder(resized.v.data(), binarize.data(), scores.data(), masks.n, feats);
+    std::vector<std::vector<uint16_t>> bits(size_t(masks.n));
+    const int64_t entry = hw_ * mem_;
+    for (int64_t i = 0; i < masks.n; ++i) {
+        bits[i].resize(size_t(entry));
+        for (int64_t k = 0; k < entry; ++k) bits[i][k] = to_bfloat16(feats[size_t(i * entry + k)]);
+    }
+    return bits;
+}
+
+void Stream::encode_track_memories(const std::vector<ObjectTrack*>& tracks, const Planes& trk_masks, const Recond& recond,
+                                   const Detections& det, int64_t t) {
+    Planes mem_in = trk_masks;
+    const int64_t n = static_cast<int64_t>(tracks.size()), px = mem_in.plane();
+    std::vector<int64_t> groups;
+    for (int64_t i = 0; i < n; ++i) {
+        groups.push_back(tracks[i]->prompt_id);
+        auto r = recond.find(tracks[i]->obj_id);
+        if (r == recond.end()) continue;
+        if (!s_.recondition_on_trk_masks) {
+            const float* d = det.masks.at(r->second);
+            float* dst = mem_in.at(i);
+            for (int64_t p = 0; p < px; ++p) dst[p] = d[p] >= 0.5f ? 1.0f : 0.0f;
+        }
+        tracks[i]->promote(t);
+    }
+    suppress_shrunk(mem_in, groups);
+    std::vector<float> scores(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) scores[i] = any_positive(mem_in.at(i), px) ? 10.0f : -10.0f;
+    const auto bits = encode(mem_in, std::vector<uint8_t>(size_t(n), 0), scores);
+    for (int64_t i = 0; i < n; ++i) {
+        MemoryEntry* e = tracks[i]->entry(t);
+        if (e == nullptr) throw InternalError("track without an entry for this frame");
+        e->maskmem = bits[i];
+    }
+}
+
+std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& tracks, const Step& step, const Recond& recond,
+                                              const Detections& det, const std::vector<int64_t>& new_dets, int64_t t) {
+    if (new_dets.empty()) return {};
+    const int64_t n = static_cast<int64_t>(new_dets.size()), px = m_ * m_;
+    Planes binary(n, m_, m_);
+    for (int64_t k = 0; k < n; ++k) {
+        const float* d = det.masks.at(new_dets[k]);
+        float* dst = binary.at(k);
+        for (int64_t p = 0; p < px; ++p) dst[p] = d[p] >= 0.5f ? 1.0f : 0.0f;
+    }
+    TrackerInitOutputs init;
+    session_->tracker_init(binary.v.data(), n, init);
+    std::vector<std::unique_ptr<ObjectTrack>> created;
+    for (int64_t k = 0; k < n; ++k) {
+        auto tr = std::make_unique<ObjectTrack>();
+        tr->obj_id = next_id_++;
+        tr->prompt_id = det.prompt_ids[new_dets[k]];
+        tr->det_score = det.scores[new_dets[k]];
+        tr->first_frame = t;
+        tr->keep_alive = s_.init_trk_keep_alive;
+        MemoryEntry e;
+        e.pointer.assign(init.object_pointer.begin() + k * c_, init.object_pointer.begin() + (k + 1) * c_);
+        tr->cond[t] = std::move(e);
+        created.push_back(std::move(tr));
+    }
+    std::vector<int64_t> rerun;
+    for (size_t i = 0; i < tracks.size(); ++i) {
+        if (!recond.count(tracks[i]->obj_id)) rerun.push_back(int64_t(i));
+    }
+    Planes hr_existing = rerun.empty() ? Planes(0, image_, image_) : resize_planes(take_rows(step.low, rerun), image_, image_, false);
+    Planes hr_new = resize_planes(binary, image_, image_, true);
+    for (float& v : hr_new.v) v = v * 20.0f - 10.0f;
+    const Planes hr = concat(hr_existing, hr_new);
+    std::vector<float> scores;
+    for (int64_t i : rerun) scores.push_back(step.score[i]);
+    scores.insert(scores.end(), init.object_score_logits.begin(), init.object_score_logits.end());
+    const auto bits = encode(hr, std::vector<uint8_t>(size_t(hr.n), 1), scores);
+    for (size_t k = 0; k < rerun.size(); ++k) {
+        MemoryEntry* e = tracks[rerun[k]]->entry(t);
+        if (e == nullptr) throw InternalError("track without an entry for this frame");
+        e->maskmem = bits[k];
+    }
+    std::vector<ObjectTrack*> out;
+    for (size_t k = 0; k < created.size(); ++k) {
+        created[k]->cond[t].maskmem = bits[rerun.size() + k];
+        out.push_back(created[k].get());
+        tracks_.push_back(std::move(created[k]));
+    }
+    return out;
+}
+
+FrameObjects Stream::outputs(int64_t h, int64_t w, const std::vector<ObjectTrack*>& tracks, const Step& step, const Planes& trk_masks,
+                             const std::vector<ObjectTrack*>& new_tracks, const std::vector<int64_t>& new_dets, const Recond& recond,
+                             const Detections& det, int64_t t) {
+    FrameObjects r;
+    r.frame_index = t;
+    r.height = h;
+    r.width = w;
+    r.label_map.assign(size_t(h * w), 0);
+    const int64_t px = m_ * m_;
+    const int64_t total = static_cast<int64_t>(tracks.size() + new_tracks.size());
+    if (total == 0) return r;
+    Planes low(total, m_, m_);
+    for (size_t i = 0; i < tracks.size(); ++i) {
+        auto rc = recond.find(tracks[i]->obj_id);
+        const float* src = rc != recond.end() ? det.masks.at(rc->second) : trk_masks.at(int64_t(i));
+        std::copy(src, src + px, low.at(int64_t(i)));
+    }
+    if (!new_tracks.empty()) {  // new objects are shown as their (hole-filled) detection masks
+        Planes new_low = take_rows(det.masks, new_dets);
+        if (options_.fill_holes) fill_holes(new_low, s_.fill_hole_area);
+        std::copy(new_low.v.begin(), new_low.v.end(), low.at(int64_t(tracks.size())));
+    }
+    std::vector<int64_t> ids, prompt_ids;
+    std::vector<float> scores, tscores;
+    for (size_t i = 0; i < tracks.size(); ++i) {
+        ids.push_back(tracks[i]->obj_id);
+        prompt_ids.push_back(tracks[i]->prompt_id);
+        scores.push_back(tracks[i]->det_score);
+        tscores.push_back(sigmoid(step.score[i]));
+    }
+    for (ObjectTrack* tr : new_tracks) {
+        ids.push_back(tr->obj_id);
+        prompt_ids.push_back(tr->prompt_id);
+        scores.push_back(tr->det_score);
+        tscores.push_back(tr->det_score);
+    }
+    const Planes logits = resize_planes(low, h, w, false);
+    const int64_t hw = h * w;
+    std::vector<int64_t> keep;
+    for (int64_t i = 0; i < total; ++i) {
+        if (any_positive(logits.at(i), hw)) keep.push_back(i);
+    }
+    const int64_t n = static_cast<int64_t>(keep.size());
+    r.masks.assign(size_t(n * hw), 0);
+    for (int64_t k = 0; k < n; ++k) {
+        const int64_t i = keep[k];
+        r.object_ids.push_back(ids[i]);
+        r.prompt_ids.push_back(prompt_ids[i]);
+        r.scores.push_back(scores[i]);
+        r.tracker_scores.push_back(tscores[i]);
+        const float* v = logits.at(i);
+        uint8_t* mk = &r.masks[size_t(k * hw)];
+        for (int64_t p = 0; p < hw; ++p) mk[p] = v[p] > 0.0f;
+    }
+    object_wise_non_overlap(r.masks, hw, r.tracker_scores, r.prompt_ids);
+    r.boxes.assign(size_t(n * 4), 0.0f);
+    r.areas.assign(size_t(n), 0);
+    for (int64_t k = 0; k < n; ++k) {
+        const uint8_t* mk = &r.masks[size_t(k * hw)];
+        box_from_mask(mk, h, w, &r.boxes[size_t(k * 4)]);
+        r.areas[k] = std::count(mk, mk + hw, uint8_t(1));
+    }
+    // label map: the prompt of the object with the highest mask probability at each pixel
+    // (argmax of where(masks, sigmoid(logits), -1); the probabilities matter only where masks overlap)
+    for (int64_t p = 0; p < hw; ++p) {
+        int64_t best = -1, claims = 0;
+        for (int64_t k = 0; k < n; ++k) {
+            if (r.masks[size_t(k * hw + p)]) {
+                if (best < 0) best = k;
+                ++claims;
+            }
+        }
+        if (claims > 1) {
+            float best_conf = sigmoid(logits.at(keep[best])[p]);
+            for (int64_t k = best + 1; k < n; ++k) {
+                if (!r.masks[size_t(k * hw + p)]) continue;
+                const float conf = sigmoid(logits.at(keep[k])[p]);
+                if (conf > best_conf) {  // ties: the first object
+                    best_conf = conf;
+                    best = k;
+                }
+            }
+        }
+        if (best >= 0) r.label_map[size_t(p)] = static_cast<uint8_t>(r.prompt_ids[size_t(best)] + 1);
+    }
+    return r;
+}
+
+void Stream::finish_frame(const FrameObjects& result, int64_t t) {
+    const std::set<int64_t> shown(result.object_ids.begin(), result.object_ids.end());
+    for (auto it = tracks_.begin(); it != tracks_.end();) {
+        ObjectTrack& tr = **it;
+        tr.empty_frames = shown.count(tr.obj_id) ? 0 : tr.empty_frames + 1;
+        if (options_.forget_after > 0 && tr.empty_frames >= options_.forget_after) {
+            it = tracks_.erase(it);
+            continue;
+        }
+        tr.prune(t, s_.num_maskmem, s_.max_object_pointers_in_encoder, max_cond_);
+        ++it;
+    }
+}
+
+}  // namespace m3rt

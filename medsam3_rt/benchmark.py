@@ -1,0 +1,1028 @@
+"""`medsam3-rt bench`: per-stage latency, throughput and memory of backends side by side.
+
+One process runs every candidate on the same synthetic inputs:
+
+- the transformers baseline (eager fp32 `Sam3Model` for images, `Sam3VideoModel` streaming for
+  slices), loaded lazily from `medsam3_export.bench_baseline` when the export extra is installed;
+  this module never imports torch;
+- each requested backend of medsam3-rt (ort-cpu, openvino, torch, GPU backends).
+
+Rounds are interleaved (candidate A, B, C, then A, B, C, ...), so load from other processes on
+a shared machine hits every candidate alike; ratios are medians of per-round ratios. Stages:
+
+  image (2D):  io, preprocess, text (cache hit), backbone, detector, postprocess; and on a
+               prompt-cache miss tokenize + text_encoder instead of the cache lookup
+  stream:      io, preprocess, backbone, detector, tracker, merge_memory, postprocess
+
+`io` is reading the input PNG and writing the label-map PNG (the same code for everyone).
+The result is a JSON document (schema `medsam3_rt/schemas/bench.v1.json`, described in
+benchmarks/README.md), a markdown summary and optional PNG plots (matplotlib).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc as _gc
+import importlib
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import graph_contract as gc
+from ._version import __version__
+from .backends import BackendOptions
+from .errors import MissingDependencyError, UsageError
+from .io.images import read_image, write_png
+from .manifest import Manifest, load_manifest
+from .postprocess import sigmoid
+from .preprocess import pixel_values
+from .profiling import RssSampler, Stopwatch, gpu_memory_used_bytes, machine_info, median_ratio, rss_bytes, summarize
+
+log = logging.getLogger(__name__)
+
+SCHEMA_ID = "medsam3-rt.bench/1"
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "bench.v1.json"
+BASELINE_NAME = "transformers"
+BASELINE_MODULE = "medsam3_export.bench_baseline"
+IMAGE_STAGES = ("io", "preprocess", "text", "backbone", "detector", "postprocess")
+TEXT_MISS_STAGES = ("tokenize", "text_encoder")
+STREAM_STAGES = ("io", "preprocess", "backbone", "detector", "tracker", "merge_memory", "postprocess", "other")
+CURVE_LENGTHS = (50, 100, 200, 400)
+Progress = Callable[[str], None]
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def synthetic_slice(index: int, hw: tuple[int, int] = (512, 512), seed: int = 0) -> np.ndarray:
+    """Slice `index` of a deterministic CT-like uint8 volume: smooth body, two moving organs, noise.
+
+    Neighbouring slices differ a little (the organs drift and change size), like a real volume;
+    any slice can be made without the others, so long volumes cost no memory.
+    """
+    h, w = hw
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    body = ((yy - h / 2) / (0.45 * h)) ** 2 + ((xx - w / 2) / (0.47 * w)) ** 2 < 1
+    img = np.where(body, 90 + 25 * np.sin(yy / h * 5 + index / 40) + 15 * (xx / w), 10).astype(np.float32)
+    t = index / 25.0
+    for cy, cx, r, v, ph in ((0.42, 0.36, 0.16, 200.0, 0.0), (0.58, 0.66, 0.09, 150.0, 1.7)):
+        yc, xc = h * (cy + 0.05 * np.sin(t + ph)), w * (cx + 0.05 * np.cos(0.7 * t + ph))
+        rr = r * min(h, w) * (0.85 + 0.25 * np.sin(0.5 * t + ph))
+        img = np.where((yy - yc) ** 2 + (xx - xc) ** 2 < rr * rr, v, img)
+    noise = np.random.default_rng(seed * 1_000_003 + index).normal(0, 4, (h, w))
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class StreamPolicy:
+    """What both sides of a streaming comparison are told to do, so they do the same work.
+
+    transformers' Sam3VideoModel runs detection NMS and hole filling only with an optional hub
+    kernel (CUDA); without it both are skipped. The comparison switches them off on both sides.
+    `max_objects` caps tracked objects on both sides; thresholds apply to both.
+    """
+
+    detection_threshold: float
+    new_object_threshold: float
+    max_objects: int
+    nms: bool = False
+    fill_holes: bool = False
+    thresholds_from: str = "model"
+
+
+@dataclass
+class ImageOutput:
+    masks: np.ndarray  # (P, H, W) bool
+    scores: np.ndarray  # (P,)
+
+
+@dataclass
+class StreamOutput:
+    label_map: np.ndarray  # (H, W) uint8
+    objects: int  # tracked objects after this slice
+
+
+# -- candidates -----------------------------------------------------------------------------
+class StreamHandle(ABC):
+    @abstractmethod
+    def push(self, frame: np.ndarray) -> tuple[dict[str, float], StreamOutput]: ...
+
+    @abstractmethod
+    def tracker_step(self) -> tuple[float, dict[str, int]] | None:
+        """Time one tracker step alone on the current memory (nothing is changed); None without objects."""
+
+    def state_bytes(self) -> int | None:
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+class Candidate(ABC):
+    """One thing being measured: the baseline or one medsam3-rt backend."""
+
+    name: str
+    kind: str  # "baseline" | "medsam3-rt"
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def detection_probs(self, image: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        """(P, Q) detection probabilities (sigmoid(logit) x sigmoid(presence)) of one image."""
+
+    @abstractmethod
+    def text_miss(self, prompts: Sequence[str]) -> dict[str, float]:
+        """Milliseconds of tokenize and text_encoder for `prompts` with nothing cached."""
+
+    @abstractmethod
+    def segment(self, image: np.ndarray, prompts: Sequence[str]) -> tuple[dict[str, float], ImageOutput]:
+        """One 2D segmentation with the prompts' text embeddings cached; ms per stage."""
+
+    @abstractmethod
+    def stream(self, prompts: Sequence[str], hw: tuple[int, int], policy: StreamPolicy) -> StreamHandle: ...
+
+    def gpu_memory_bytes(self) -> int | None:
+        return gpu_memory_used_bytes()
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+class RuntimeCandidate(Candidate):
+    """medsam3-rt on one backend: `medsam3_rt.load(...)`, stage by stage as `Segmenter.segment` runs them."""
+
+    kind = "medsam3-rt"
+
+    def __init__(self, model_dir: Path, backend: str, options: BackendOptions) -> None:
+        self.model_dir = model_dir
+        self.name = backend
+        self.backend = backend
+        self.options = options
+        self.seg: Any = None
+
+    def load(self) -> None:
+        from .segmenter import load
+
+        self.seg = load(self.model_dir, self.backend, options=self.options, verify="size")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "backend": self.backend,
+            "description": getattr(self.seg.model.backend, "description", self.backend) if self.seg else self.backend,
+            "threads": self.options.intra_op_threads,
+        }
+
+    def detection_probs(self, image: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        m = self.seg.model
+        out = m.detect(m.encode_image(pixel_values(image, m.manifest.preprocess)), m.text_batch(list(prompts)))
+        return sigmoid(out[gc.PRED_LOGITS]) * sigmoid(out[gc.PRESENCE_LOGITS])
+
+    def text_miss(self, prompts: Sequence[str]) -> dict[str, float]:
+        m = self.seg.model
+        sw = Stopwatch()
+        ids, attn = m.tokenizer.encode(list(prompts))
+        sw.lap("tokenize")
+        m.run(gc.TEXT_ENCODER, {gc.INPUT_IDS: ids, gc.ATTENTION_MASK: attn})
+        sw.lap("text_encoder")
+        return sw.ms
+
+    def segment(self, image: np.ndarray, prompts: Sequence[str]) -> tuple[dict[str, float], ImageOutput]:
+        seg, m = self.seg, self.seg.model
+        sw = Stopwatch()
+        text = m.text_batch(list(prompts))
+        sw.lap("text")
+        pixels = pixel_values(image, m.manifest.preprocess)
+        sw.lap("preprocess")
+        features = m.encode_image(pixels)
+        sw.lap("backbone")
+        out = m.detect(features, text)
+        sw.lap("detector")
+        res = seg._postprocess(list(prompts), out, image.shape[:2], 0.0)
+        sw.lap("postprocess")
+        return sw.ms, ImageOutput(res["masks"], res["scores"])
+
+    def stream(self, prompts: Sequence[str], hw: tuple[int, int], policy: StreamPolicy) -> StreamHandle:
+        from .tracker.settings import StreamOptions
+
+        opts = StreamOptions(
+            nms=policy.nms,
+            fill_holes=policy.fill_holes,
+            max_objects=policy.max_objects,
+            detection_threshold=policy.detection_threshold,
+            new_object_threshold=policy.new_object_threshold,
+        )
+        return _RuntimeStream(self.seg.stream(list(prompts), options=opts))
+
+    def close(self) -> None:
+        if self.seg is not None:
+            self.seg.close()
+            self.seg = None
+
+
+class _RuntimeStream(StreamHandle):
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._last: np.ndarray | None = None
+
+    def push(self, frame: np.ndarray) -> tuple[dict[str, float], StreamOutput]:
+        res = self.stream.push(frame)
+        self._last = frame
+        ms = {("merge_memory" if k == "merge+memory" else k): v for k, v in res.timings_ms.items()}
+        return ms, StreamOutput(res.label_map, self.stream.num_objects)
+
+    def tracker_step(self) -> tuple[float, dict[str, int]] | None:
+        from .tracker.memory import gather
+
+        st = self.stream
+        tracks = list(st._tracks.values())
+        if not tracks or self._last is None:
+            return None
+        m = st.model
+        feats = m.encode_image(pixel_values(self._last, m.manifest.preprocess, st.window))
+        trk = {k: feats[k] for k in gc.TRK_FEATURES}
+        s = st.settings
+        t0 = time.perf_counter()
+        feeds = gather(
+            tracks,
+            st.frame_index,
+            num_maskmem=s.num_maskmem,
+            max_pointers=s.max_object_pointers_in_encoder,
+            hw=st._hw,
+            mem_dim=st._mem,
+            channels=st._c,
+        )
+        m.run(gc.TRACKER_STEP, {**trk, **feeds})
+        ms = (time.perf_counter() - t0) * 1e3
+        n, mm = feeds[gc.MEM_FEATS].shape[:2]
+        return ms, {"objects": int(n), "memories": int(mm), "pointers": int(feeds[gc.OBJ_PTRS].shape[1])}
+
+    def state_bytes(self) -> int | None:
+        return int(self.stream.state_nbytes())
+
+
+# -- configuration --------------------------------------------------------------------------
+@dataclass
+class BenchConfig:
+    model_dir: Path
+    backends: tuple[str, ...] = ("ort-cpu",)
+    baseline: str = "auto"  # auto | on | off
+    prompts: tuple[str, ...] = ("liver", "left kidney")
+    rounds: int = 5  # measured 2D rounds
+    frames: int = 8  # measured streaming slices
+    warmup: int = 1  # unmeasured 2D rounds / leading streaming slices
+    threads: int | None = None  # CPU threads per candidate (None: every usable core)
+    image_hw: tuple[int, int] = (512, 512)
+    image: bool = True
+    stream: bool | None = None  # None: when the export has tracker graphs
+    tracker_rounds: int = 5
+    curve_slices: int = 0  # streaming cost curve (0: skip)
+    curve_backends: tuple[str, ...] = ()  # default: the first medsam3-rt backend
+    curve_baseline_slices: int = 0
+    max_objects: int = 2
+    detection_threshold: float | None = None  # None: the model's, or calibrated for random weights
+    checkpoint: Path | None = None  # baseline / torch backend: the checkpoint the export came from
+    settle_s: float = 0.05  # pause before each timed call so one runtime's spinning threads do not slow the next
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _usable_cpus() -> int:
+    try:
+        import os
+
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        import os
+
+        return os.cpu_count() or 1
+
+
+def expand_backends(names: Sequence[str], manifest: Manifest) -> list[str]:
+    """`available` -> every backend that runs here (and `torch` when its package imports)."""
+    from .backends import BACKENDS, plugin_backends
+
+    out: list[str] = []
+    for name in names:
+        if name != "available":
+            out.append(name)
+            continue
+        for cand, cls in BACKENDS.items():
+            if cls.probe().ok and cls.supports(manifest).ok:
+                out.append(cand)
+        if "torch" in plugin_backends():
+            try:
+                importlib.import_module("medsam3_export.torch_backend")
+                out.append("torch")
+            except ImportError:
+                pass
+    return list(dict.fromkeys(out))
+
+
+def _load_baseline(cfg: BenchConfig, manifest: Manifest, threads: int) -> Candidate:
+    try:
+        mod = importlib.import_module(BASELINE_MODULE)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"the transformers baseline needs the 'export' extra ({e.name or e} is not installed): pip install 'medsam3-rt[export]'"
+        ) from None
+    return mod.TransformersCandidate(cfg.model_dir, manifest, checkpoint=cfg.checkpoint, threads=threads)
+
+
+# -- measuring ------------------------------------------------------------------------------
+class _Entry:
+    """Everything measured for one candidate."""
+
+    def __init__(self, cand: Candidate) -> None:
+        self.cand = cand
+        self.error: str | None = None
+        self.cold: dict[str, float] = {}
+        self.mem: dict[str, int | None] = {}
+        self.image_stages: dict[str, list[float]] = {}
+        self.image_e2e: list[float] = []
+        self.image_cpu: list[float] = []
+        self.text_miss: dict[str, list[float]] = {}
+        self.image_out: list[ImageOutput] = []
+        self.stream_stages: dict[str, list[float]] = {}
+        self.stream_e2e: list[float] = []
+        self.stream_cpu: list[float] = []
+        self.stream_first: float | None = None
+        self.stream_objects: list[int] = []
+        self.stream_labels: list[np.ndarray] = []
+        self.tracker: list[float] = []
+        self.tracker_shape: dict[str, int] = {}
+        self.handle: StreamHandle | None = None
+        self.peak_rss = 0
+
+    def add(self, table: dict[str, list[float]], ms: dict[str, float]) -> None:
+        for k, v in ms.items():
+            table.setdefault(k, []).append(v)
+
+
+def _settle(cfg: BenchConfig) -> None:
+    if cfg.settle_s > 0:
+        time.sleep(cfg.settle_s)
+
+
+def _io(path: Path, out_dir: Path, label: np.ndarray | None) -> tuple[float, np.ndarray]:
+    t0 = time.perf_counter()
+    image = read_image(path)
+    ms = (time.perf_counter() - t0) * 1e3
+    if label is not None:
+        t0 = time.perf_counter()
+        write_png(out_dir / f"{path.stem}.mask.png", label)
+        ms += (time.perf_counter() - t0) * 1e3
+    return ms, image
+
+
+def _label_map(masks: np.ndarray) -> np.ndarray:
+    if len(masks) == 0:
+        return np.zeros((0, 0), np.uint8)
+    return np.where(masks.any(axis=0), np.argmax(masks, axis=0) + 1, 0).astype(np.uint8)
+
+
+def _label_iou(a: np.ndarray, b: np.ndarray, labels: int) -> float:
+    """Mean IoU over labels 1..labels present in either map (1.0 where both are empty)."""
+    scores = []
+    for k in range(1, labels + 1):
+        x, y = a == k, b == k
+        union = np.logical_or(x, y).sum()
+        if union:
+            scores.append(float(np.logical_and(x, y).sum() / union))
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def _calibrate(cfg: BenchConfig, manifest: Manifest, reference: Candidate, frame: np.ndarray) -> StreamPolicy:
+    tracker = manifest.tracker or {}
+    source = (manifest.model.get("source") or {}).get("format")
+    if cfg.detection_threshold is not None:
+        det = new = float(cfg.detection_threshold)
+        how = "given"
+    elif source == "random":
+        # Random weights score every query about alike, below the model's thresholds: set the
+        # threshold just under the weakest prompt's best score on the first slice, so every
+        # prompt starts an object and the tracker and memory run on every later slice.
+        probs = reference.detection_probs(frame, cfg.prompts)
+        det = new = float(np.min(probs.max(axis=1))) - 1e-4
+        how = f"calibrated on slice 0 with {reference.name} (random weights)"
+    else:
+        det, new = float(tracker.get("score_threshold_detection", 0.5)), float(tracker.get("new_det_thresh", 0.7))
+        how = "model"
+    return StreamPolicy(det, new, cfg.max_objects, thresholds_from=how)
+
+
+def _timed_load(entry: _Entry) -> None:
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    entry.cand.load()
+    entry.cold["load"] = (time.perf_counter() - t0) * 1e3
+    entry.mem["load_rss_delta_bytes"] = rss_bytes() - before
+
+
+def _image_round(cfg: BenchConfig, e: _Entry, prompts: list[str], path: Path, out_dir: Path, measured: bool) -> None:
+    _settle(cfg)
+    miss = e.cand.text_miss(prompts)
+    _settle(cfg)
+    c0, t0 = time.process_time(), time.perf_counter()
+    io_in, image = _io(path, out_dir, None)
+    ms, out = e.cand.segment(image, prompts)
+    t_io = time.perf_counter()
+    write_png(out_dir / f"{e.cand.name}-{path.stem}.mask.png", _label_map(out.masks))
+    io_w = (time.perf_counter() - t_io) * 1e3
+    total = (time.perf_counter() - t0) * 1e3
+    cpu = (time.process_time() - c0) * 1e3
+    if measured:
+        e.image_cpu.append(cpu)
+        e.add(e.text_miss, miss)
+        e.add(e.image_stages, {**ms, "io": io_in + io_w})
+        e.image_e2e.append(total)
+        e.image_out.append(out)
+
+
+def _open_stream(e: _Entry, prompts: list[str], hw: tuple[int, int], policy: StreamPolicy) -> None:
+    e.handle = e.cand.stream(prompts, hw, policy)
+
+
+def _stream_slice(cfg: BenchConfig, e: _Entry, i: int, path: Path, out_dir: Path, measured: bool) -> None:
+    assert e.handle is not None
+    _settle(cfg)
+    c0, t0 = time.process_time(), time.perf_counter()
+    io_in, image = _io(path, out_dir, None)
+    ms, out = e.handle.push(image)
+    t_io = time.perf_counter()
+    write_png(out_dir / f"{e.cand.name}-{path.stem}.label.png", out.label_map)
+    io_w = (time.perf_counter() - t_io) * 1e3
+    total = (time.perf_counter() - t0) * 1e3
+    cpu = (time.process_time() - c0) * 1e3
+    if i == 0:
+        e.stream_first = total
+    e.stream_objects.append(out.objects)
+    e.stream_labels.append(out.label_map)
+    if measured:
+        e.add(e.stream_stages, {**ms, "io": io_in + io_w})
+        e.stream_e2e.append(total)
+        e.stream_cpu.append(cpu)
+
+
+def _tracker_round(cfg: BenchConfig, e: _Entry) -> None:
+    assert e.handle is not None
+    _settle(cfg)
+    got = e.handle.tracker_step()
+    if got is not None:
+        e.tracker.append(got[0])
+        e.tracker_shape = got[1] or e.tracker_shape
+
+
+def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure every candidate of `cfg`; returns the JSON-ready result (see SCHEMA_FILE)."""
+    say = progress or (lambda msg: log.info(msg))
+    manifest = load_manifest(cfg.model_dir, verify="size")
+    threads = cfg.threads or _usable_cpus()
+    options = BackendOptions(intra_op_threads=threads, checkpoint=cfg.checkpoint)
+    do_stream = manifest.has_tracker if cfg.stream is None else cfg.stream
+    if do_stream and not manifest.has_tracker:
+        raise UsageError("this export has no tracker graphs: streaming cannot be measured (drop --stream)")
+    machine = machine_info()
+    prompts = list(cfg.prompts)
+
+    candidates: list[Candidate] = []
+    notes: list[str] = []
+    if cfg.baseline in ("auto", "on"):
+        try:
+            candidates.append(_load_baseline(cfg, manifest, threads))
+        except MissingDependencyError as e:
+            if cfg.baseline == "on":
+                raise
+            notes.append(f"baseline skipped: {e.message}")
+    backends = expand_backends(cfg.backends, manifest)
+    for name in backends:
+        candidates.append(RuntimeCandidate(cfg.model_dir, name, options))
+    if not candidates:
+        raise UsageError("nothing to measure: no backend and no baseline")
+
+    work = Path(tempfile.mkdtemp(prefix="medsam3-bench-"))
+    n_slices = max(cfg.warmup + cfg.frames, cfg.warmup + cfg.rounds, 1)
+    inputs = []
+    for i in range(n_slices):
+        p = work / f"slice{i:04d}.png"
+        write_png(p, synthetic_slice(i, cfg.image_hw, cfg.seed))
+        inputs.append(p)
+    out_dir = work / "out"
+    out_dir.mkdir()
+
+    entries = [_Entry(c) for c in candidates]
+    sampler = RssSampler()
+    # cold start: load + first image (cache miss), one candidate after the other
+    for e in entries:
+        say(f"{e.cand.name}: loading")
+        sampler.start()
+        try:
+            _timed_load(e)
+            io_ms, image = _io(inputs[0], out_dir, None)
+            t0 = time.perf_counter()
+            e.cand.text_miss(prompts)
+            e.cand.segment(image, prompts)
+            e.cold["first_image"] = (time.perf_counter() - t0) * 1e3 + io_ms
+            e.cold["total"] = e.cold["load"] + e.cold["first_image"]
+        except Exception as ex:  # a backend that cannot run here is reported, not fatal
+            e.error = f"{type(ex).__name__}: {ex}"
+            log.debug("candidate failed", exc_info=True)
+            say(f"{e.cand.name}: skipped ({e.error.splitlines()[0]})")
+        e.peak_rss = max(e.peak_rss, sampler.stop() - sampler.start_bytes)
+    live = [e for e in entries if e.error is None]
+    if not live:
+        raise UsageError("no candidate could run: " + "; ".join(f"{e.cand.name}: {e.error}" for e in entries))
+
+    def guarded(e: _Entry, fn: Callable[..., None], *args: Any) -> None:
+        """Run one measured call; a candidate that fails is reported and dropped, never fatal."""
+        if e.error is not None:
+            return
+        sampler.start()
+        try:
+            fn(*args)
+        except Exception as ex:
+            e.error = f"{type(ex).__name__}: {ex}"
+            log.debug("candidate failed", exc_info=True)
+            say(f"{e.cand.name}: failed ({e.error.splitlines()[0]})")
+        finally:
+            e.peak_rss = max(e.peak_rss, sampler.stop() - sampler.start_bytes)
+
+    # images: interleaved rounds
+    if cfg.image:
+        for r in range(cfg.warmup + cfg.rounds):
+            measured = r >= cfg.warmup
+            say(f"image round {r + 1}/{cfg.warmup + cfg.rounds}{'' if measured else ' (warm-up)'}")
+            for e in live:
+                guarded(e, _image_round, cfg, e, prompts, inputs[r % len(inputs)], out_dir, measured)
+
+    # streaming: one stream per candidate, slices interleaved
+    policy = None
+    if do_stream:
+        policy = _calibrate(cfg, manifest, live[0].cand, read_image(inputs[0]))
+        say(f"streaming: thresholds {policy.detection_threshold:.4f} ({policy.thresholds_from}), at most {policy.max_objects} objects")
+        for e in live:
+            guarded(e, _open_stream, e, prompts, cfg.image_hw, policy)
+        for i in range(cfg.warmup + cfg.frames):
+            measured = i >= cfg.warmup
+            say(f"slice {i + 1}/{cfg.warmup + cfg.frames}{'' if measured else ' (warm-up)'}")
+            for e in live:
+                guarded(e, _stream_slice, cfg, e, i, inputs[i], out_dir, measured)
+        # the tracker step alone, on the memory each stream has built
+        for _ in range(cfg.tracker_rounds):
+            for e in live:
+                guarded(e, _tracker_round, cfg, e)
+        for e in live:
+            if e.handle is not None:
+                e.handle.close()
+                e.handle = None
+
+    gpu = {e.cand.name: e.cand.gpu_memory_bytes() for e in live}
+    curve = None
+    if cfg.curve_slices > 0 and do_stream and policy is not None:
+        curve = _curve(cfg, live, policy, say)
+
+    result = _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends)
+    for e in entries:
+        e.cand.close()
+    _gc.collect()
+    return result
+
+
+def _curve(cfg: BenchConfig, live: list[_Entry], policy: StreamPolicy, say: Progress) -> dict[str, Any]:
+    """Per-slice latency and memory over a long stream, one candidate at a time (not interleaved)."""
+    names = list(cfg.curve_backends) or [next((e.cand.name for e in live if e.cand.kind == "medsam3-rt"), live[0].cand.name)]
+    runs: dict[str, Any] = {}
+    prompts = list(cfg.prompts)
+    plan = [(n, cfg.curve_slices) for n in names]
+    base = next((e for e in live if e.cand.kind == "baseline"), None)
+    if base is not None and cfg.curve_baseline_slices > 0 and base.cand.name not in names:
+        plan.append((base.cand.name, cfg.curve_baseline_slices))
+    by_name = {e.cand.name: e for e in live}
+    for name, n in plan:
+        e = by_name.get(name)
+        if e is None or e.error is not None:
+            continue
+        handle = e.cand.stream(prompts, cfg.image_hw, policy)
+        lat, rss, state, objects = [], [], [], []
+        _gc.collect()
+        rss0 = rss_bytes()
+        for i in range(n):
+            if i % 25 == 0:
+                say(f"curve {name}: slice {i + 1}/{n}")
+            frame = synthetic_slice(i, cfg.image_hw, cfg.seed)
+            t0 = time.perf_counter()
+            _, out = handle.push(frame)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            rss.append(rss_bytes())
+            state.append(handle.state_bytes())
+            objects.append(out.objects)
+        handle.close()
+        runs[name] = {
+            "slices": n,
+            "latency_ms": [round(x, 3) for x in lat],
+            "rss_bytes": rss,
+            "rss_at_start_bytes": rss0,
+            "state_bytes": state if any(s is not None for s in state) else None,
+            "objects": objects,
+            "totals_ms": {str(L): float(np.sum(lat[:L])) for L in CURVE_LENGTHS if n >= L},
+            "analysis": _curve_analysis(lat, rss),
+        }
+    return {
+        "note": "streaming is causal: a volume of L slices costs exactly the first L slices of this run",
+        "runs": runs,
+    }
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    if len(x) < 2:
+        return {"slope": 0.0, "intercept": float(y[0]) if len(y) else 0.0, "r2": 1.0}
+    slope, intercept = np.polyfit(x, y, 1)
+    pred = slope * x + intercept
+    ss = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else 1.0
+    return {"slope": float(slope), "intercept": float(intercept), "r2": r2}
+
+
+def _curve_analysis(lat: list[float], rss: list[int]) -> dict[str, Any]:
+    """Flatness of per-slice latency and memory, and linearity of the total time."""
+    n = len(lat)
+    a = np.asarray(lat)
+    idx = np.arange(n, dtype=np.float64)
+    skip = min(10, n // 4)  # the first slices create objects and fill the memory bank
+    win = max(1, min(50, (n - skip) // 4))
+    early = float(np.median(a[skip : skip + win])) if n > skip else float(np.median(a))
+    late = float(np.median(a[-win:]))
+    steady = _fit(idx[skip:], a[skip:]) if n > skip + 1 else _fit(idx, a)
+    cum = np.cumsum(a)
+    r = np.asarray(rss, dtype=np.float64)
+    mem = _fit(idx[skip:], r[skip:]) if n > skip + 1 else _fit(idx, r)
+    return {
+        "steady_from_slice": skip,
+        "median_early_ms": early,
+        "median_late_ms": late,
+        "late_over_early": late / early if early > 0 else None,
+        "latency_slope_ms_per_100_slices": 100 * steady["slope"],
+        "total_time_fit": _fit(idx + 1, cum),
+        "rss_slope_bytes_per_slice": mem["slope"],
+        "rss_growth_bytes": float(r[-1] - r[skip]) if n > skip else 0.0,
+    }
+
+
+# -- assembling ------------------------------------------------------------------------------
+def _stats(table: dict[str, list[float]], order: Sequence[str]) -> dict[str, Any]:
+    keys = [k for k in order if k in table] + [k for k in table if k not in order]
+    return {k: summarize(table[k]) for k in keys}
+
+
+def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends) -> dict[str, Any]:
+    base = next((e for e in entries if e.cand.kind == "baseline" and e.error is None), None)
+    cands = []
+    for e in entries:
+        d: dict[str, Any] = {**e.cand.describe(), "available": e.error is None, "error": e.error}
+        d["cold_start_ms"] = e.cold or None
+        d["memory"] = {
+            "load_rss_delta_bytes": e.mem.get("load_rss_delta_bytes"),
+            "peak_rss_delta_bytes": e.peak_rss,
+            "gpu_bytes": gpu.get(e.cand.name),
+        }
+        if e.image_e2e:
+            miss_total = [
+                t - s + sum(e.text_miss[k][i] for k in TEXT_MISS_STAGES if k in e.text_miss)
+                for i, (t, s) in enumerate(zip(e.image_e2e, e.image_stages.get("text", [0.0] * len(e.image_e2e))))
+            ]
+            d["image"] = {
+                "stages_ms": _stats(e.image_stages, IMAGE_STAGES),
+                "text_cache_miss_ms": _stats(e.text_miss, TEXT_MISS_STAGES),
+                "end_to_end_ms": summarize(e.image_e2e),
+                "end_to_end_cache_miss_ms": summarize(miss_total),
+                "cpu_time_ms": summarize(e.image_cpu),
+                "throughput_per_s": 1e3 / float(np.mean(e.image_e2e)),
+            }
+        if e.stream_e2e:
+            d["stream"] = {
+                "stages_ms": _stats(e.stream_stages, STREAM_STAGES),
+                "end_to_end_ms": summarize(e.stream_e2e),
+                "cpu_time_ms": summarize(e.stream_cpu),
+                "first_slice_ms": e.stream_first,
+                "throughput_per_s": 1e3 / float(np.mean(e.stream_e2e)),
+                "objects_per_slice": e.stream_objects,
+            }
+        if e.tracker:
+            d["tracker_step"] = {"ms": summarize(e.tracker), **e.tracker_shape}
+        cands.append(d)
+
+    ratios: dict[str, Any] = {}
+    agreement: dict[str, Any] = {}
+    if base is not None:
+        for e in entries:
+            if e is base or e.error is not None:
+                continue
+            r: dict[str, Any] = {}
+            if e.image_e2e and base.image_e2e:
+                r["image_end_to_end"] = _speedup(base.image_e2e, e.image_e2e)
+                r["image_cpu_time"] = _speedup(base.image_cpu, e.image_cpu)
+                r["image_stages"] = {k: _speedup(base.image_stages[k], v) for k, v in e.image_stages.items() if k in base.image_stages}
+                r["text_cache_miss"] = {k: _speedup(base.text_miss[k], v) for k, v in e.text_miss.items() if k in base.text_miss}
+                ious = [float(np.mean([_iou(a, b) for a, b in zip(x.masks, y.masks)])) for x, y in zip(e.image_out, base.image_out)]
+                agreement.setdefault(e.cand.name, {})["image_mask_iou_mean"] = float(np.mean(ious)) if ious else None
+                diffs = [float(np.max(np.abs(x.scores - y.scores))) for x, y in zip(e.image_out, base.image_out)]
+                agreement[e.cand.name]["image_score_max_abs_diff"] = max(diffs) if diffs else None
+            if e.stream_e2e and base.stream_e2e:
+                r["stream_end_to_end"] = _speedup(base.stream_e2e, e.stream_e2e)
+                r["stream_cpu_time"] = _speedup(base.stream_cpu, e.stream_cpu)
+                r["stream_stages"] = {k: _speedup(base.stream_stages[k], v) for k, v in e.stream_stages.items() if k in base.stream_stages}
+                n_lab = len(cfg.prompts)
+                ious = [_label_iou(a, b, n_lab) for a, b in zip(e.stream_labels, base.stream_labels)]
+                agreement.setdefault(e.cand.name, {})["stream_label_iou_mean"] = float(np.mean(ious)) if ious else None
+                agreement[e.cand.name]["stream_label_iou_min"] = float(np.min(ious)) if ious else None
+                agreement[e.cand.name]["stream_objects_equal"] = e.stream_objects == base.stream_objects
+            if e.tracker and base.tracker:
+                r["tracker_step"] = _speedup(base.tracker, e.tracker)
+            if e.cold.get("total") and base.cold.get("total"):
+                r["cold_start"] = base.cold["total"] / e.cold["total"]
+            ratios[e.cand.name] = r
+
+    src = manifest.model.get("source") or {}
+    return {
+        "schema": SCHEMA_ID,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "medsam3_rt": __version__,
+        "command": list(sys.argv),
+        "machine": machine,
+        "model": {
+            "dir": str(cfg.model_dir),
+            "name": manifest.model.get("name"),
+            "source": {k: v for k, v in src.items() if k in ("format", "preset", "seed", "class", "path", "sha256")},
+            "dims": manifest.dims.to_json(),
+            "has_tracker": manifest.has_tracker,
+        },
+        "settings": {
+            "prompts": list(cfg.prompts),
+            "image_hw": list(cfg.image_hw),
+            "warmup": cfg.warmup,
+            "image_rounds": cfg.rounds if cfg.image else 0,
+            "stream_slices": cfg.frames if policy is not None else 0,
+            "tracker_rounds": cfg.tracker_rounds if policy is not None else 0,
+            "threads": threads,
+            "settle_s": cfg.settle_s,
+            "backends": list(backends),
+            "stream_policy": asdict(policy) if policy is not None else None,
+            "interleaved": True,
+            "speedup": "baseline time / candidate time, median of per-round ratios (> 1: faster than the baseline)",
+            **cfg.extra,
+        },
+        "notes": notes,
+        "candidates": cands,
+        "baseline": base.cand.name if base is not None else None,
+        "speedup_vs_baseline": ratios,
+        "agreement_with_baseline": agreement,
+        "curve": curve,
+    }
+
+
+def _speedup(baseline: Sequence[float], candidate: Sequence[float]) -> float | None:
+    r = median_ratio(candidate, baseline)
+    return None if r is None or r == 0 else 1.0 / r
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+# -- outputs ---------------------------------------------------------------------------------
+def validate(result: dict[str, Any], *, required: bool = True) -> bool:
+    """Check `result` against the JSON schema; False (not checked) without jsonschema unless `required`."""
+    try:
+        import jsonschema
+    except ImportError as e:  # pragma: no cover - dev extra
+        if required:
+            raise MissingDependencyError("validating benchmark JSON needs jsonschema: pip install jsonschema") from e
+        return False
+    jsonschema.validate(result, json.loads(SCHEMA_FILE.read_text()))
+    return True
+
+
+def _fmt_ms(s: dict[str, Any] | None, key: str = "p50") -> str:
+    if not s or s.get("n", 0) == 0:
+        return "-"
+    v = s[key]
+    return f"{v / 1e3:.2f} s" if v >= 1e4 else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _fmt_x(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}x"
+
+
+def _mb(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:.0f}"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """Tables of the result: latency (ms) per stage, speedups vs the baseline, memory, cold start."""
+    m = result["machine"]
+    s = result["settings"]
+    lines = [
+        f"# medsam3-rt bench: {result['model']['name']} ({_model_label(result)})",
+        "",
+        f"Machine: {m['cpu_model']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs"
+        + (f", GPU {', '.join(g['name'] for g in m['gpus'])}" if m.get("gpus") else ", no GPU")
+        + f"; load average at start {m.get('load_average_at_start')}; {m['os']}, Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
+        "",
+        f"Prompts {s['prompts']}, image {s['image_hw'][0]}x{s['image_hw'][1]}, {s['threads']} threads, "
+        f"{s['warmup']} warm-up + {s['image_rounds']} image rounds, {s['stream_slices']} streaming slices, "
+        "interleaved. Times in ms (p50 unless said), speedup = baseline time / candidate time (median of per-round ratios).",
+        "",
+    ]
+    cands = [c for c in result["candidates"] if c["available"]]
+    sp = result.get("speedup_vs_baseline") or {}
+    base = result.get("baseline")
+    for section, title, stages in (
+        ("image", "Image (2D), prompt cache hit", IMAGE_STAGES),
+        ("stream", "Streaming, per slice", STREAM_STAGES),
+    ):
+        rows = [c for c in cands if section in c]
+        if not rows:
+            continue
+        lines += [f"## {title}", ""]
+        head = ["candidate", "p50", "p95", "p99", "mean", "per s", "speedup", *stages]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for c in rows:
+            sec = c[section]
+            e2e = sec["end_to_end_ms"]
+            x = 1.0 if c["name"] == base else (sp.get(c["name"], {}).get(f"{section}_end_to_end"))
+            cells = [
+                c["name"],
+                _fmt_ms(e2e),
+                _fmt_ms(e2e, "p95"),
+                _fmt_ms(e2e, "p99"),
+                _fmt_ms(e2e, "mean"),
+                f"{sec['throughput_per_s']:.2f}",
+                "baseline" if c["name"] == base else _fmt_x(x),
+            ]
+            for st in stages:
+                v = _fmt_ms(sec["stages_ms"].get(st))
+                r = None if c["name"] == base else sp.get(c["name"], {}).get(f"{section}_stages", {}).get(st)
+                cells.append(v if r is None else f"{v} ({_fmt_x(r)})")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    img = [c for c in cands if "image" in c]
+    if img:
+        lines += [
+            "## Prompt cache: text for all prompts",
+            "",
+            "| candidate | hit (lookup) | miss: tokenize | miss: text encoder | image end to end, miss |",
+            "|---|---|---|---|---|",
+        ]
+        for c in img:
+            t = c["image"]
+            lines.append(
+                f"| {c['name']} | {_fmt_ms(t['stages_ms'].get('text'))} | {_fmt_ms(t['text_cache_miss_ms'].get('tokenize'))} | "
+                f"{_fmt_ms(t['text_cache_miss_ms'].get('text_encoder'))} | {_fmt_ms(t['end_to_end_cache_miss_ms'])} |"
+            )
+        lines.append("")
+    trk = [c for c in cands if "tracker_step" in c]
+    if trk:
+        lines += ["## Tracker step alone", "", "| candidate | p50 | speedup | objects | memories | pointers |", "|---|---|---|---|---|---|"]
+        for c in trk:
+            t = c["tracker_step"]
+            x = "baseline" if c["name"] == base else _fmt_x(sp.get(c["name"], {}).get("tracker_step"))
+            shape = " | ".join(str(t.get(k, "-")) for k in ("objects", "memories", "pointers"))
+            lines.append(f"| {c['name']} | {_fmt_ms(t['ms'])} | {x} | {shape} |")
+        lines.append("")
+    lines += [
+        "## Cold start and memory",
+        "",
+        "| candidate | load ms | first image ms | RSS after load MB | peak RSS over start MB | GPU MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in result["candidates"]:
+        if not c["available"]:
+            lines.append(f"| {c['name']} | unavailable: {str(c['error']).splitlines()[0][:80]} | | | | |")
+            continue
+        cs = c["cold_start_ms"] or {}
+        mem = c["memory"]
+        lines.append(
+            f"| {c['name']} | {cs.get('load', 0):.0f} | {cs.get('first_image', 0):.0f} | {_mb(mem['load_rss_delta_bytes'])} | "
+            f"{_mb(mem['peak_rss_delta_bytes'])} | {_mb(mem['gpu_bytes'])} |"
+        )
+    lines.append("")
+    agr = result.get("agreement_with_baseline") or {}
+    if agr:
+        lines += [
+            "## Agreement with the baseline",
+            "",
+            "| candidate | image mask IoU | max score diff | stream label IoU mean / min | same object counts |",
+            "|---|---|---|---|---|",
+        ]
+        for name, a in agr.items():
+
+            def f(v: Any, spec: str = ".4f") -> str:
+                return "-" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+
+            lines.append(
+                f"| {name} | {f(a.get('image_mask_iou_mean'))} | {f(a.get('image_score_max_abs_diff'), '.2e')} | "
+                f"{f(a.get('stream_label_iou_mean'))} / {f(a.get('stream_label_iou_min'))} | {f(a.get('stream_objects_equal'))} |"
+            )
+        lines.append("")
+    curve = result.get("curve")
+    if curve and curve.get("runs"):
+        lines += [
+            "## Streaming cost curve",
+            "",
+            "| candidate | slices | median ms early / late | late/early | slope ms per 100 slices | RSS growth MB | "
+            + " | ".join(f"total {L} slices s" for L in CURVE_LENGTHS)
+            + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(CURVE_LENGTHS),
+        ]
+        for name, run in curve["runs"].items():
+            a = run["analysis"]
+            totals = [f"{run['totals_ms'][str(L)] / 1e3:.1f}" if str(L) in run["totals_ms"] else "-" for L in CURVE_LENGTHS]
+            lines.append(
+                f"| {name} | {run['slices']} | {a['median_early_ms']:.0f} / {a['median_late_ms']:.0f} | {a['late_over_early']:.2f} | "
+                f"{a['latency_slope_ms_per_100_slices']:.1f} | {a['rss_growth_bytes'] / 2**20:.1f} | " + " | ".join(totals) + " |"
+            )
+        lines.append("")
+    for n in result.get("notes") or []:
+        lines.append(f"- {n}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _model_label(result: dict[str, Any]) -> str:
+    src = result["model"]["source"]
+    if src.get("format") == "random":
+        return f"preset {src.get('preset')}, random weights, {result['model']['dims']['image_size']} px"
+    return f"{src.get('format')} checkpoint, {result['model']['dims']['image_size']} px"
+
+
+def write_plots(result: dict[str, Any], path: Path) -> list[Path]:
+    """Stage-breakdown bar chart at `path`; with a curve also `<stem>.curve.png`. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise MissingDependencyError("plots need matplotlib: pip install 'medsam3-rt[bench]'") from e
+    written = []
+    cands = [c for c in result["candidates"] if c["available"]]
+    sections = [(s, st) for s, st in (("image", IMAGE_STAGES), ("stream", STREAM_STAGES)) if any(s in c for c in cands)]
+    fig, axes = plt.subplots(1, max(1, len(sections)), figsize=(6.5 * max(1, len(sections)), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (section, stages) in zip(axes[0], sections):
+        rows = [c for c in cands if section in c]
+        bottoms = np.zeros(len(rows))
+        for k, st in enumerate(stages):
+            vals = np.array([c[section]["stages_ms"].get(st, {}).get("p50", 0.0) for c in rows]) / 1e3
+            ax.bar([c["name"] for c in rows], vals, bottom=bottoms, label=st, color=colors(k % 10))
+            bottoms += vals
+        for x, (c, b) in enumerate(zip(rows, bottoms)):
+            sp = (result.get("speedup_vs_baseline") or {}).get(c["name"], {}).get(f"{section}_end_to_end")
+            if sp:
+                ax.text(x, b, f"{sp:.2f}x", ha="center", va="bottom", fontsize=9)
+        ax.set_ylabel("seconds (p50 per stage)")
+        ax.set_title(f"{'2D image' if section == 'image' else 'streaming slice'}: {result['model']['name']}")
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.legend(fontsize=7)
+    fig.suptitle(_model_label(result) + f" - {result['machine']['cpu_model']}, {result['settings']['threads']} threads", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    curve = result.get("curve")
+    if curve and curve.get("runs"):
+        cpath = path.with_name(path.stem + ".curve.png")
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.2))
+        for name, run in curve["runs"].items():
+            lat = np.asarray(run["latency_ms"]) / 1e3
+            a1.plot(np.arange(len(lat)), lat, lw=0.8, label=name)
+            a2.plot(np.arange(len(lat)), (np.asarray(run["rss_bytes"]) - run["rss_at_start_bytes"]) / 2**20, lw=0.8, label=name)
+            (line,) = a3.plot(np.arange(1, len(lat) + 1), np.cumsum(lat), lw=1.0, label=name)
+            lens = [int(k) for k in run["totals_ms"]]
+            a3.plot(lens, [run["totals_ms"][str(L)] / 1e3 for L in lens], "o", color=line.get_color())
+        a1.set(xlabel="slice index", ylabel="seconds per slice", title="latency vs slice")
+        a2.set(xlabel="slice index", ylabel="RSS growth since slice 0 (MB)", title="memory vs slice")
+        a3.set(xlabel="volume length (slices)", ylabel="total seconds", title="total time vs volume length")
+        for a in (a1, a2, a3):
+            a.legend(fontsize=8)
+            a.grid(alpha=0.3)
+        fig.suptitle(_model_label(result), fontsize=9)
+        fig.tight_layout()
+        fig.savefig(cpath, dpi=110)
+        plt.close(fig)
+        written.append(cpath)
+    return written

@@ -1,0 +1,95 @@
+"""`medsam3-rt bench MODEL_DIR`: per-stage latency, throughput and memory, backends side by side.
+
+The measuring lives in `medsam3_rt.benchmark` (torch-free); the transformers baseline is
+imported from the export extra only when it is asked for (`--baseline on`) or, with the
+default `auto`, when that package is installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..benchmark import CURVE_LENGTHS, BenchConfig, run_benchmark, to_markdown, validate, write_plots
+from ..errors import UsageError
+from ..io.atomic import atomic_write_text
+from ._console import out_console, say
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--image-size must be HxW, e.g. 512x512, got {text!r}") from None
+    if h < 2 or w < 2:
+        raise UsageError(f"--image-size {text} is too small")
+    return h, w
+
+
+def bench(
+    model_dir: Path = typer.Argument(..., help="Export directory (manifest.json + graphs)."),
+    backend: list[str] = typer.Option(
+        ["ort-cpu"], "--backend", "-b", help="medsam3-rt backend(s) to measure; 'available' = every backend that runs here."
+    ),
+    baseline: str = typer.Option("auto", "--baseline", help="transformers eager fp32 baseline: auto (if installed), on, off."),
+    prompts: list[str] = typer.Option(["liver", "left kidney"], "--prompts", "-p", help="Text prompts (repeat the option)."),
+    frames: int = typer.Option(8, "--frames", "-n", min=0, help="Measured streaming slices per candidate."),
+    rounds: int = typer.Option(5, "--rounds", min=0, help="Measured 2D image rounds per candidate."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Unmeasured leading image rounds / streaming slices."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads per candidate (default: every usable core)."),
+    image_size: str = typer.Option("512x512", "--image-size", help="Input image size HxW (synthetic CT-like slices)."),
+    no_image: bool = typer.Option(False, "--no-image", help="Skip the 2D image rounds."),
+    stream: bool | None = typer.Option(None, "--stream/--no-stream", help="Measure streaming (default: when the export has a tracker)."),
+    tracker_rounds: int = typer.Option(5, "--tracker-rounds", min=0, help="Rounds of the tracker step alone."),
+    curve: int = typer.Option(0, "--curve", min=0, help=f"Streaming cost curve over this many slices (totals at {CURVE_LENGTHS})."),
+    curve_backend: list[str] = typer.Option([], "--curve-backend", help="Candidates for the curve (default: the first backend)."),
+    curve_baseline: int = typer.Option(0, "--curve-baseline", min=0, help="Slices of the baseline's curve (0: none)."),
+    max_objects: int = typer.Option(2, "--max-objects", min=1, help="Tracked objects at most (both sides)."),
+    detection_threshold: float | None = typer.Option(
+        None, "--detection-threshold", help="Detection and new-object threshold (default: the model's; calibrated for random weights)."
+    ),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="The export's checkpoint (baseline and torch backend)."),
+    settle: float = typer.Option(0.05, "--settle", min=0.0, help="Seconds of pause before each timed call."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result JSON here."),
+    markdown_out: Path | None = typer.Option(None, "--markdown", help="Write the markdown tables here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the stage-breakdown PNG here (and <stem>.curve.png); needs matplotlib."),
+) -> None:
+    """Per-stage latency (p50/p95/p99), throughput, cold start, prompt cache and memory vs the transformers baseline."""
+    if baseline not in ("auto", "on", "off"):
+        raise UsageError(f"--baseline must be auto, on or off, got {baseline!r}")
+    cfg = BenchConfig(
+        model_dir=model_dir,
+        backends=tuple(backend),
+        baseline=baseline,
+        prompts=tuple(prompts),
+        rounds=rounds,
+        frames=frames,
+        warmup=warmup,
+        threads=threads,
+        image_hw=_hw(image_size),
+        image=not no_image,
+        stream=stream,
+        tracker_rounds=tracker_rounds,
+        curve_slices=curve,
+        curve_backends=tuple(curve_backend),
+        curve_baseline_slices=curve_baseline,
+        max_objects=max_objects,
+        detection_threshold=detection_threshold,
+        checkpoint=checkpoint,
+        settle_s=settle,
+    )
+    result = run_benchmark(cfg, progress=say)
+    validate(result, required=False)
+    md = to_markdown(result)
+    out_console.print(md, markup=False, highlight=False, soft_wrap=True)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result, indent=1))
+        say(f"wrote {json_out}")
+    if markdown_out is not None:
+        atomic_write_text(markdown_out, md)
+        say(f"wrote {markdown_out}")
+    if plot is not None:
+        for p in write_plots(result, plot):
+            say(f"wrote {p}")

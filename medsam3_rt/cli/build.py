@@ -1,0 +1,66 @@
+"""`medsam3-rt build`: TensorRT engines for an export directory (needs the `export` and `trt` extras).
+
+The builder lives in `medsam3_export.tensorrt_build` and is imported only when this command
+runs, so `medsam3-rt --help` and the runtime stay free of torch and TensorRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..engines import AXIS_DEFAULTS, parse_axis_override
+from ._console import out_console, say
+from ._plugins import _optional
+
+_AXES_HELP = ", ".join(f"{k}={r.min}:{r.opt}:{r.max}" for k, r in AXIS_DEFAULTS.items())
+
+
+def build(
+    model_dir: Path = typer.Argument(..., help="Export directory (from `medsam3-rt export`)."),
+    precision: str = typer.Option("fp16", "--precision", help="fp16, bf16 or fp32 (fp32 disables TF32)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 image backbone, calibrated on --calib images (TensorRT 10 only)."),
+    calib: Path | None = typer.Option(None, "--calib", help="Folder of representative images (INT8 calibration; also the gate's set)."),
+    val: Path | None = typer.Option(None, "--val", help="Validation images for the accuracy gate; masks/<stem>.png adds ground truth."),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="Prompts the gate segments (default: polyp, left kidney)."),
+    workspace: float = typer.Option(4.0, "--workspace", help="TensorRT workspace limit in GB."),
+    timing_cache: Path | None = typer.Option(None, "--timing-cache", help="Timing cache file (default MODEL_DIR/engines/timing.cache)."),
+    axis: list[str] = typer.Option([], "--axis", help=f"Profile range AXIS=MIN:OPT:MAX (defaults {_AXES_HELP})."),
+    graph: list[str] = typer.Option([], "--graph", help="Build only these graphs (default: all)."),
+    max_dice_drop: float = typer.Option(0.5, "--max-dice-drop", help="Fail if the Dice drop vs fp32 exceeds this (points)."),
+    reference: str = typer.Option("ort-cpu", "--reference", help="Backend running the fp32 reference for the gate."),
+    device: int = typer.Option(0, "--device", help="CUDA device id."),
+    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimisation level 0..5."),
+    version_compatible: bool = typer.Option(False, "--version-compatible", help="Engines loadable by later TensorRT of the same major."),
+    hardware_compatible: bool = typer.Option(False, "--hardware-compatible", help="Engines for any Ampere-or-newer GPU (slower)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the build plan (profiles, flags, files) and stop."),
+) -> None:
+    """Build one TensorRT engine per graph, gate its accuracy against fp32, record it in manifest.json."""
+    axes = dict(parse_axis_override(a) for a in axis)
+    tb = _optional("medsam3_export.tensorrt_build", "export", "`medsam3-rt build`")
+    options = tb.BuildOptions(
+        precision=precision,
+        int8=int8,
+        calib_dir=calib,
+        val_dir=val,
+        prompts=tuple(prompt) or tb.accuracy.DEFAULT_PROMPTS,
+        workspace_gb=workspace,
+        timing_cache=timing_cache,
+        axes=axes,
+        graphs=tuple(graph),
+        max_dice_drop=max_dice_drop,
+        reference=reference,
+        device_id=device,
+        optimization_level=opt_level,
+        version_compatible=version_compatible,
+        hardware_compatible=hardware_compatible,
+    )
+    result = tb.build_engines(model_dir, options, progress=say, dry_run=dry_run)
+    if dry_run:
+        return
+    for e in result.entries:
+        out_console.print(
+            f"{e.graph:16s} {e.label:10s} {e.file} ({e.bytes / 1e6:.1f} MB, {len(e.pinned_fp32)} layers pinned fp32)", highlight=False
+        )
+    out_console.print(result.report.describe(), highlight=False, soft_wrap=True)

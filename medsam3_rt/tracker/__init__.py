@@ -1,0 +1,1 @@
+"""Streaming segmentation of volumes and videos: detector + tracker memory, as Sam3VideoModel."""

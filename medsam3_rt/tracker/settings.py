@@ -1,0 +1,100 @@
+"""Streaming constants: the model's (from the manifest) and the caller's (options)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..errors import ManifestError, UsageError
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """`Sam3VideoModel` / `Sam3TrackerVideoModel` config values the merge logic uses.
+
+    Written by the exporter into the manifest's `tracker` section; names follow
+    transformers' configs so they can be looked up there.
+    """
+
+    score_threshold_detection: float
+    det_nms_thresh: float
+    assoc_iou_thresh: float
+    trk_assoc_iou_thresh: float
+    new_det_thresh: float
+    recondition_on_trk_masks: bool
+    hotstart_delay: int
+    hotstart_unmatch_thresh: int
+    hotstart_dup_thresh: int
+    suppress_unmatched_only_within_hotstart: bool
+    init_trk_keep_alive: int
+    max_trk_keep_alive: int
+    min_trk_keep_alive: int
+    suppress_overlapping_based_on_recent_occlusion_threshold: float
+    decrease_trk_keep_alive_for_empty_masklets: bool
+    fill_hole_area: int
+    max_num_objects: int
+    recondition_every_nth_frame: int
+    high_conf_thresh: float
+    high_iou_thresh: float
+    num_maskmem: int
+    max_cond_frame_num: int
+    max_object_pointers_in_encoder: int
+
+    @classmethod
+    def from_manifest(cls, data: Mapping[str, Any]) -> TrackerSettings:
+        casts = {"bool": bool, "int": int, "float": float}
+        try:
+            settings = cls(**{f.name: casts[str(f.type)](data[f.name]) for f in fields(cls)})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"manifest 'tracker' section is missing or has a bad value for {e}") from None
+        if settings.num_maskmem < 1 or settings.max_object_pointers_in_encoder < 1 or settings.max_cond_frame_num < 1:
+            raise ManifestError("manifest 'tracker': num_maskmem, max_cond_frame_num and max_object_pointers_in_encoder must be >= 1")
+        return settings
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a stream runs; the defaults reproduce transformers' Sam3VideoModel in streaming mode.
+
+    nms / fill_holes   detection NMS and hole filling, which transformers runs only with its
+                       optional hub kernels; on by default here
+    max_objects        cap on simultaneously tracked objects (None: the model's max_num_objects);
+                       the lowest-scoring new detections are dropped beyond it
+    max_cond_frames    conditioning frames kept per object (None: the model's max_cond_frame_num).
+                       transformers keeps every one (each reconditioning adds one) and feeds all
+                       their pointers to memory attention, so its per-frame cost grows with video
+                       length; medsam3-rt keeps the most recent ones, which are the ones it reads
+    forget_after       remove an object after this many consecutive frames with an empty mask
+                       (None: never, as transformers' streaming mode); its id is not reused
+    detection_threshold / new_object_threshold
+                       override the model's score_threshold_detection (a detection counts)
+                       and new_det_thresh (an unmatched detection starts a new object)
+    """
+
+    nms: bool = True
+    fill_holes: bool = True
+    max_objects: int | None = None
+    max_cond_frames: int | None = None
+    forget_after: int | None = None
+    detection_threshold: float | None = None
+    new_object_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_objects", "max_cond_frames", "forget_after"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be >= 1 or None, got {value}")
+        for name in ("detection_threshold", "new_object_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UsageError(f"{name} must be within 0..1, got {value}")
+
+    def apply(self, settings: TrackerSettings) -> TrackerSettings:
+        """The model's settings with this stream's threshold overrides."""
+        changes = {}
+        if self.detection_threshold is not None:
+            changes["score_threshold_detection"] = self.detection_threshold
+        if self.new_object_threshold is not None:
+            changes["new_det_thresh"] = self.new_object_threshold
+        return replace(settings, **changes)

@@ -1,0 +1,132 @@
+"""The PyTorch backend (export extra): discovery without importing torch, checkpoint identity, CPU parity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TEST_INIT_STD, phantom
+
+import medsam3_rt
+from medsam3_rt import graph_contract as gc
+from medsam3_rt.backends import BackendOptions
+from medsam3_rt.errors import CheckpointError, UsageError
+from medsam3_rt.manifest import load_manifest
+
+torch = pytest.importorskip("torch")
+tbk = pytest.importorskip("medsam3_export.torch_backend")
+parity = pytest.importorskip("medsam3_export.parity")
+
+
+def test_runtime_discovers_the_plugin_without_importing_torch() -> None:
+    code = """
+import sys
+import medsam3_rt.backends as b
+status = b.available()
+assert "torch" in b.plugin_backends() and "torch" in status and not status["torch"].ok, status.get("torch")
+assert "not probed" in status["torch"].reason
+assert "torch" not in sys.modules, "listing backends imported torch"
+cls = b.backend_class("torch")
+assert cls.name == "torch" and "torch" in sys.modules
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def torch_seg(tiny_export: Path, tiny_hf_dir: Path):
+    seg = medsam3_rt.load(tiny_export, "torch", options=BackendOptions(checkpoint=tiny_hf_dir))
+    yield seg
+    seg.close()
+
+
+def test_each_graph_matches_ort_cpu_within_the_parity_tolerance(torch_seg, tiny_export: Path) -> None:
+    """Graph for graph on the same inputs: the same tolerance the export's parity check uses."""
+    assert torch_seg.backend_name == "torch" and torch_seg.model.backend.device.type == "cpu"
+    with medsam3_rt.load(tiny_export, "ort-cpu") as ort_seg:
+        ids, attn = ort_seg.model.tokenizer.encode(["polyp", "left kidney, upper pole"])
+        pixels = np.random.default_rng(0).normal(0, 0.5, (1, 3, 224, 224)).astype(np.float32)
+        feeds = {
+            gc.TEXT_ENCODER: {gc.INPUT_IDS: ids, gc.ATTENTION_MASK: attn},
+            gc.IMAGE_BACKBONE: {gc.PIXEL_VALUES: pixels},
+        }
+        results = []
+        for graph in (gc.TEXT_ENCODER, gc.IMAGE_BACKBONE):
+            ref = ort_seg.model.run(graph, feeds[graph])
+            got = torch_seg.model.run(graph, feeds[graph])
+            results += parity.compare(graph, ref, got, parity.Tolerance())
+            if graph == gc.TEXT_ENCODER:
+                text = ref[gc.TEXT_FEATURES]
+            else:
+                fpn = ref
+        det_feeds = {**{k: fpn[k] for k in gc.DET_FPN}, gc.TEXT_FEATURES: text, gc.TEXT_MASK: attn.astype(bool)}
+        results += parity.compare(
+            gc.DETECTOR, ort_seg.model.run(gc.DETECTOR, det_feeds), torch_seg.model.run(gc.DETECTOR, det_feeds), parity.Tolerance()
+        )
+    assert len(results) == 1 + len(fpn) + 5
+    failed = [r.describe() for r in results if not r.passed]
+    assert not failed, failed
+
+
+def test_segmentation_matches_ort_cpu(torch_seg, tiny_export: Path) -> None:
+    img = phantom(120, 90)
+    with medsam3_rt.load(tiny_export, "ort-cpu") as ort_seg:
+        want = ort_seg.segment(img, ["polyp", "liver"])
+    got = torch_seg.segment(img, ["polyp", "liver"])
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-4)
+    for k in range(2):
+        union = np.logical_or(got.masks[k], want.masks[k]).sum()
+        assert union == 0 or np.logical_and(got.masks[k], want.masks[k]).sum() / union >= 0.999
+
+
+def test_the_checkpoint_must_be_the_exported_one(tiny_export: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--checkpoint"):
+        medsam3_rt.load(tiny_export, "torch")
+    from medsam3_export import random_checkpoint
+
+    other = tmp_path / "other"
+    random_checkpoint("tiny", video=False, seed=1, init_std=TEST_INIT_STD).detector.save_pretrained(other)
+    with pytest.raises(CheckpointError, match="not the one this export was made from"):
+        medsam3_rt.load(tiny_export, "torch", options=BackendOptions(checkpoint=other))
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="only on CUDA"):
+            tbk.TorchBackend(BackendOptions(precision="bf16"))  # no silent fp32 when bf16 was asked for
+
+
+def test_random_exports_are_rebuilt_from_preset_and_seed(tiny_export: Path) -> None:
+    m = load_manifest(tiny_export)
+    random_source = {"format": "random", "preset": "tiny", "seed": 0, "class": "Sam3Model"}
+    ckpt = tbk.checkpoint_for(replace(m, model={**m.model, "source": random_source}), None)
+    assert ckpt.detector.config.vision_config.backbone_config.image_size == m.dims.image_size
+    wrong = replace(m, dims=replace(m.dims, num_queries=m.dims.num_queries + 1))
+    with pytest.raises(CheckpointError, match="num_queries"):
+        tbk.checkpoint_for(replace(wrong, model={**m.model, "source": random_source}), None)
+
+
+def test_cli_segment_with_the_torch_backend(tiny_export: Path, tiny_hf_dir: Path, tmp_path: Path) -> None:
+    import cv2
+    from conftest import cli
+
+    cv2.imwrite(str(tmp_path / "scan.png"), phantom(60, 70))
+    proc = cli("segment", str(tiny_export), str(tmp_path / "scan.png"), "-p", "polyp", "-o", str(tmp_path / "out"), "-b", "torch")
+    assert proc.returncode == 2 and "--checkpoint" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    proc = cli(
+        "segment",
+        str(tiny_export),
+        str(tmp_path / "scan.png"),
+        "-p",
+        "polyp",
+        "-o",
+        str(tmp_path / "out"),
+        "-b",
+        "torch",
+        "--checkpoint",
+        str(tiny_hf_dir),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "scan.json").is_file() and '"backend": "torch"' in (tmp_path / "out" / "scan.json").read_text()

@@ -1,0 +1,203 @@
+"""The transformers SAM3 detector, wrapped for training (no architecture is re-implemented).
+
+`Sam3Model.forward` returns the last decoder layer only. SAM3 supervises every decoder layer,
+so `TrainingModel` reads the per-layer results the model already computes, through forward
+hooks on its own modules: the DETR decoder's output (per-layer hidden states, reference boxes
+and presence logits) and the dot-product scoring output (per-layer logits). Per-layer boxes are
+the decoder's box head applied to the per-layer hidden states with the same arithmetic as
+`Sam3Model.forward`; a test checks the last layer equals the model's `pred_boxes`.
+
+The one-to-many branch (Table 2, lambda_o2m). Meta's SAM3 trains one-to-many matching on a
+second copy of the queries that skips query self-attention (DAC-DETR: without self-attention
+queries cannot suppress each other's duplicates, which is what one-to-many supervision wants),
+sharing every weight with the one-to-one queries; at inference only the one-to-one queries
+exist. transformers' Sam3 has no such query copy, so here the same decoder, with the same query
+embeddings and weights, runs a second time on the same encoder output with its query
+self-attention switched off (`query_self_attention_off`), and its per-layer logits and boxes
+are matched one-to-many. This is training-only: it adds no parameters, the saved checkpoint and
+the exported graphs are exactly the transformers architecture, and it costs one extra DETR
+decoder pass per step (small next to the ViT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
+
+from .config import ConfigError, ModelConfig, RandomModelConfig
+from .losses import DetectorOutputs
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def query_self_attention_off(decoder: nn.Module) -> Iterator[None]:
+    """Run `Sam3DetrDecoder` with the self-attention sub-layer of every layer contributing zero.
+
+    The residual connection, its LayerNorm, both cross-attentions and the MLP run unchanged
+    (DAC-DETR's one-to-many decoder, as SAM3 uses it with `dac_use_selfatt_ln`).
+    """
+
+    def skip(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None, **kwargs: Any):
+        return torch.zeros_like(query), None
+
+    for layer in decoder.layers:
+        layer.self_attn.forward = skip
+    try:
+        yield
+    finally:
+        for layer in decoder.layers:
+            del layer.self_attn.forward  # back to the class method
+
+
+def per_layer_boxes(decoder: nn.Module, decoder_out: Any) -> torch.Tensor:
+    """(L, B, Q, 4) xyxy boxes of every decoder layer, computed as `Sam3Model.forward` does."""
+    offsets = decoder.box_head(decoder_out.intermediate_hidden_states)
+    return box_cxcywh_to_xyxy((inverse_sigmoid(decoder_out.reference_boxes) + offsets).sigmoid())
+
+
+class TrainingModel(nn.Module):
+    """pixel_values (B, 3, S, S), input_ids / attention_mask (B, T) -> `DetectorOutputs`.
+
+    The i-th image is paired with the i-th prompt (one triplet per row), as in `Sam3Model`.
+    """
+
+    def __init__(self, detector: nn.Module, *, o2m: bool = True) -> None:
+        super().__init__()
+        self.detector = detector
+        self.o2m = o2m
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DetectorOutputs:
+        det = self.detector
+        decoder = det.detr_decoder
+        seen: dict[str, Any] = {}
+
+        def before_decoder(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen["args"], seen["kwargs"] = args, kwargs
+
+        def after_decoder(module: nn.Module, args: tuple, output: Any) -> None:
+            seen["decoder"] = output
+
+        def after_scoring(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen["scores"] = output
+
+        handles = [
+            decoder.register_forward_pre_hook(before_decoder, with_kwargs=True),
+            decoder.register_forward_hook(after_decoder),
+            det.dot_product_scoring.register_forward_hook(after_scoring),
+        ]
+        try:
+            out = det(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            for h in handles:
+                h.remove()
+        dec = seen["decoder"]
+        result = DetectorOutputs(
+            logits=seen["scores"].squeeze(-1),
+            boxes_xyxy=per_layer_boxes(decoder, dec),
+            presence=dec.presence_logits.squeeze(-1),
+            pred_masks=out.pred_masks,
+            semantic=out.semantic_seg,
+        )
+        if self.o2m:
+            kwargs = seen["kwargs"]
+            with query_self_attention_off(decoder):
+                dec2 = decoder(*seen["args"], **kwargs)
+            scores = det.dot_product_scoring(
+                decoder_hidden_states=dec2.intermediate_hidden_states,
+                text_features=kwargs["text_features"],
+                text_mask=kwargs.get("text_mask"),
+            )
+            result.o2m_logits = scores.squeeze(-1)
+            result.o2m_boxes_xyxy = per_layer_boxes(decoder, dec2)
+        return result
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Recompute activations of the repeated transformer blocks (ViT, CLIP) in the backward pass.
+
+    Uses transformers' own `GradientCheckpointingLayer` mechanism. `Sam3Model` does not declare
+    `supports_gradient_checkpointing`, so `gradient_checkpointing_enable()` refuses; the layers
+    themselves support it. Returns the number of checkpointed layers.
+    """
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    fn = functools.partial(checkpoint, use_reentrant=False)
+    count = 0
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module._gradient_checkpointing_func = fn
+            module.gradient_checkpointing = True
+            count += 1
+    return count
+
+
+def _set_init_std(config: Any, std: float, seen: set[int] | None = None) -> None:
+    seen = seen if seen is not None else set()
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    if hasattr(config, "initializer_range"):
+        config.initializer_range = std
+    for value in vars(config).values():
+        if hasattr(value, "to_dict") and hasattr(value, "initializer_range"):
+            _set_init_std(value, std, seen)
+
+
+def random_model(cfg: RandomModelConfig):  # -> medsam3_export.LoadedCheckpoint
+    """A randomly initialised SAM3 of a preset geometry with optional field overrides."""
+    from medsam3_export.checkpoint import LoadedCheckpoint
+    from medsam3_export.presets import get_preset
+    from transformers import Sam3Model, Sam3VideoModel
+
+    base = get_preset(cfg.preset)
+    fields = {f.name for f in dataclasses.fields(base)}
+    bad = sorted(set(cfg.overrides) - fields)
+    if bad:
+        raise ConfigError(f"model.random.overrides: unknown preset field '{bad[0]}'; known: {', '.join(sorted(fields - {'name'}))}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.overrides.items()}
+    preset = dataclasses.replace(base, **overrides)
+    if preset.image_size % 14:
+        raise ConfigError(f"model.random.overrides.image_size must be a multiple of the 14-pixel patch, got {preset.image_size}")
+    config = preset.video_config() if cfg.video else preset.detector_config()
+    if cfg.init_std is not None:
+        _set_init_std(config, cfg.init_std)
+    torch.manual_seed(cfg.seed)
+    source = {"format": "random", "preset": cfg.preset, "overrides": dict(cfg.overrides), "seed": cfg.seed}
+    if cfg.video:
+        video = Sam3VideoModel(config)
+        return LoadedCheckpoint(video.detector_model, video, {**source, "class": "Sam3VideoModel"})
+    return LoadedCheckpoint(Sam3Model(config), None, {**source, "class": "Sam3Model"})
+
+
+def load_model(cfg: ModelConfig):  # -> medsam3_export.LoadedCheckpoint
+    """The checkpoint to fine-tune (or a random preset), as transformers modules."""
+    from medsam3_export import load_checkpoint
+
+    if cfg.random is not None:
+        return random_model(cfg.random)
+    return load_checkpoint(cfg.checkpoint, config=cfg.config)
+
+
+def image_size(detector: nn.Module) -> int:
+    return int(detector.config.vision_config.backbone_config.image_size)
+
+
+def mask_size(detector: nn.Module) -> int:
+    """Side of the mask head's output: 4x the ViT token grid."""
+    patch = detector.config.vision_config.backbone_config.patch_size
+    patch = patch if isinstance(patch, int) else patch[0]
+    return 4 * image_size(detector) // int(patch)
+
+
+def num_queries(detector: nn.Module) -> int:
+    return int(detector.config.detr_decoder_config.num_queries)
