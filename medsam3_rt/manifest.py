@@ -313,14 +313,18 @@ def parse_manifest(data: Any) -> Manifest:
             raise ManifestError(f"manifest lists graph '{name}', which this runtime does not know (or the model has no tracker)")
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise ManifestError(f"manifest graph '{name}' needs a 'file'")
+        lists = {key: entry.get(key, []) for key in ("inputs", "outputs", "external_data")}
+        for key, value in lists.items():
+            if not isinstance(value, list) or (key == "external_data" and not all(isinstance(f, str) for f in value)):
+                raise ManifestError(f"manifest graph '{name}' '{key}' must be a list" + (" of file names" if key == "external_data" else ""))
         spec = gc.GraphSpec(
             name,
-            tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in entry.get("inputs", [])),
-            tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in entry.get("outputs", [])),
+            tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in lists["inputs"]),
+            tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in lists["outputs"]),
         )
         if spec != expected[name]:
             raise ManifestError(f"manifest graph '{name}' declares I/O {_describe(spec)}, this runtime expects {_describe(expected[name])}")
-        graphs[name] = GraphEntry(name, entry["file"], spec, tuple(entry.get("external_data", [])))
+        graphs[name] = GraphEntry(name, entry["file"], spec, tuple(lists["external_data"]))
     missing = [g for g in gc.DETECTOR_GRAPHS if g not in graphs]
     if missing:
         raise ManifestError(f"manifest has no {', '.join(missing)} graph(s); every export needs {', '.join(gc.DETECTOR_GRAPHS)}")
@@ -357,7 +361,7 @@ def parse_manifest(data: Any) -> Manifest:
         tokenizer=tokenizer,
         graphs=graphs,
         files=files,
-        postprocess=Postprocess.from_json(_section(data, "postprocess", dict) if "postprocess" in data else {}),
+        postprocess=Postprocess.from_json(_section(data, "postprocess", dict) if data.get("postprocess") is not None else {}),
         tracker=tracker,
         engines=engines,
         parity=_section(data, "parity", dict) if data.get("parity") is not None else {},

@@ -753,3 +753,30 @@ def test_c_api_stream_error_cases(
     proc = _run([build / "test_c_api", tiny_export, pack, other_pack, corrupt, tampered, tiny_video_export, video_pack])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert " 0 failed" in proc.stdout
+
+
+def test_stream_video_example_matches_python(build: Path, tiny_video_export: Path, video_pack: Path, tmp_path: Path) -> None:
+    """The compiled example program streams PPM frames through libmedsam3rt: its label maps equal Python's."""
+    import medsam3_rt
+    from test_streaming_parity import DETECTION_THRESHOLD, NEW_OBJECT_THRESHOLD
+
+    frames_dir, labels_dir = tmp_path / "frames", tmp_path / "labels"
+    frames_dir.mkdir()
+    labels_dir.mkdir()
+    frames = _stream_frames(6)
+    for t, img in enumerate(frames):
+        cv2.imwrite(str(frames_dir / f"f{t:03d}.ppm"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    proc = _run([build / "stream_video", tiny_video_export, video_pack, frames_dir, labels_dir,
+                 "--detection-threshold", str(DETECTION_THRESHOLD), "--new-object-threshold", str(NEW_OBJECT_THRESHOLD)])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{len(frames)} frames" in proc.stdout
+    options = medsam3_rt.StreamOptions(detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD)
+    shown = 0
+    with medsam3_rt.load(tiny_video_export, "openvino") as seg, seg.stream(["liver", "polyp"], options=options) as py:
+        for t, img in enumerate(frames):
+            want = py.push(img)
+            got = cv2.imread(str(labels_dir / f"frame_{t:05d}.pgm"), cv2.IMREAD_UNCHANGED)
+            assert got is not None and got.shape == want.label_map.shape, f"frame {t}"
+            assert (got == want.label_map).mean() >= 0.99, f"frame {t}"
+            shown += int(want.label_map.any())
+    assert shown > 0, "no frame showed an object: the comparison would be empty"

@@ -130,3 +130,27 @@ def test_export_with_tracker_graphs(tiny_video_export: Path) -> None:
         a, b = ov.segment(img, PROMPTS), ort.segment(img, PROMPTS)
     np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-4)
     assert (a.label_map == b.label_map).mean() >= 0.999
+
+
+def test_stream_matches_ort_with_several_new_objects(tiny_video_export: Path) -> None:
+    """Tracking on OpenVINO: tracker_init with N > 1 new objects (a broadcast Expand before a
+    Conv used to break OpenVINO's CPU plugin), then steps and memory encoding, as on ONNX Runtime."""
+    from test_streaming_parity import DETECTION_THRESHOLD, NEW_OBJECT_THRESHOLD
+
+    options = medsam3_rt.StreamOptions(detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD)
+    yy, xx = np.mgrid[:96, :112]
+    most_new = 0
+    with medsam3_rt.load(tiny_video_export, "openvino") as ov, medsam3_rt.load(tiny_video_export, "ort-cpu") as ort:
+        a, b = ov.stream(PROMPTS, options=options), ort.stream(PROMPTS, options=options)
+        seen: set[int] = set()
+        for t in range(6):
+            frame = phantom(96, 112, seed=1).copy()
+            frame[(yy - 48) ** 2 + (xx - 30 - 2 * t) ** 2 < 15**2] = 230
+            fa, fb = a.push(frame), b.push(frame)
+            assert fa.object_ids.tolist() == fb.object_ids.tolist(), f"frame {t}"
+            most_new = max(most_new, len(set(fb.object_ids.tolist()) - seen))
+            seen |= set(fb.object_ids.tolist())
+            for ma, mb in zip(fa.masks, fb.masks, strict=True):
+                union = (ma | mb).sum()
+                assert union == 0 or (ma & mb).sum() / union >= 0.99, f"frame {t}"
+    assert most_new >= 2, "no frame started two objects at once: tracker_init never ran with N > 1"

@@ -122,7 +122,8 @@ class TrackerInitGraph(_TrackerGraph):
             high_res, size=t.prompt_encoder.mask_input_size, align_corners=False, mode="bilinear", antialias=True
         )
         _, _, pointer, _ = self.sam_head(
-            trk_vision_feat.expand(n, -1, -1, -1), self.high_res_list(trk_feat_s0, trk_feat_s1, n), t.mask_downsample(mask_img)
+            # repeat, not expand: OpenVINO's CPU plugin (2025) fails on a Conv fed by a broadcast Expand
+            trk_vision_feat.repeat(n, 1, 1, 1), self.high_res_list(trk_feat_s0, trk_feat_s1, n), t.mask_downsample(mask_img)
         )
         appearing = (masks.flatten(1) > 0).any(dim=1, keepdim=True).to(pointer.dtype)  # (N, 1)
         score = out_scale * appearing + out_bias
