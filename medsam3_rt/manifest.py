@@ -316,7 +316,9 @@ def parse_manifest(data: Any) -> Manifest:
         lists = {key: entry.get(key, []) for key in ("inputs", "outputs", "external_data")}
         for key, value in lists.items():
             if not isinstance(value, list) or (key == "external_data" and not all(isinstance(f, str) for f in value)):
-                raise ManifestError(f"manifest graph '{name}' '{key}' must be a list" + (" of file names" if key == "external_data" else ""))
+                raise ManifestError(
+                    f"manifest graph '{name}' '{key}' must be a list" + (" of file names" if key == "external_data" else "")
+                )
         spec = gc.GraphSpec(
             name,
             tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in lists["inputs"]),

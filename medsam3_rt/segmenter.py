@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,6 +18,7 @@ from .io.volumes import Axis, Volume
 from .manifest import Manifest, Verify
 from .model import Model
 from .preprocess import IntensityWindow, pixel_values
+from .stopwatch import Stopwatch
 from .tokenizer import as_prompt_list
 from .tracker.per_frame import FrameDetector
 from .tracker.settings import StreamOptions
@@ -57,17 +57,6 @@ class SegmentResult:
         return self.masks.reshape(len(self.prompts), -1).sum(axis=1)
 
 
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1e3
-        self._t = now
-
-
 class Segmenter:
     """Text-prompted segmentation with an exported SAM3 model.
 
@@ -103,7 +92,7 @@ class Segmenter:
             raise UsageError(f"min_score must be within 0..1, got {min_score}")
         if window is not None and not isinstance(window, IntensityWindow):
             window = IntensityWindow(*window)
-        sw = _Stopwatch()
+        sw = Stopwatch()
         text = self.model.text_batch(prompt_list)
         sw.lap("text")
         pixels = pixel_values(image, self.manifest.preprocess, window)

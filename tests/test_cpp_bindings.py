@@ -757,8 +757,9 @@ def test_c_api_stream_error_cases(
 
 def test_stream_video_example_matches_python(build: Path, tiny_video_export: Path, video_pack: Path, tmp_path: Path) -> None:
     """The compiled example program streams PPM frames through libmedsam3rt: its label maps equal Python's."""
-    import medsam3_rt
     from test_streaming_parity import DETECTION_THRESHOLD, NEW_OBJECT_THRESHOLD
+
+    import medsam3_rt
 
     frames_dir, labels_dir = tmp_path / "frames", tmp_path / "labels"
     frames_dir.mkdir()

@@ -123,7 +123,9 @@ class TrackerInitGraph(_TrackerGraph):
         )
         _, _, pointer, _ = self.sam_head(
             # repeat, not expand: OpenVINO's CPU plugin (2025) fails on a Conv fed by a broadcast Expand
-            trk_vision_feat.repeat(n, 1, 1, 1), self.high_res_list(trk_feat_s0, trk_feat_s1, n), t.mask_downsample(mask_img)
+            trk_vision_feat.repeat(n, 1, 1, 1),
+            self.high_res_list(trk_feat_s0, trk_feat_s1, n),
+            t.mask_downsample(mask_img),
         )
         appearing = (masks.flatten(1) > 0).any(dim=1, keepdim=True).to(pointer.dtype)  # (N, 1)
         score = out_scale * appearing + out_bias

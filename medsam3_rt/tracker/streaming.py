@@ -18,7 +18,6 @@ bounded (see `memory.py`) and the number of objects is capped.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +29,7 @@ from ..model import Model
 from ..postprocess import sigmoid
 from ..preprocess import IntensityWindow, pixel_values
 from ..resample import resize
+from ..stopwatch import Stopwatch
 from ..tokenizer import as_prompt_list
 from . import masks as mk
 from .memory import MemoryEntry, ObjectTrack, gather
@@ -76,17 +76,6 @@ class _Association:
     unmatched: list[int]  # obj ids of non-empty tracks no detection matches
     matched: set[int]  # obj ids matched by some detection
     high_conf: dict[int, int]  # obj id -> detection index (confident, high IoU)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1e3
-        self._t = now
 
 
 class Stream:
@@ -159,7 +148,7 @@ class Stream:
 
     def push(self, frame: np.ndarray) -> FrameResult:
         """Segment the next frame (H x W or H x W x 3 RGB; same input rules as `segment`)."""
-        clock = _Clock()
+        clock = Stopwatch()
         t = self._t
         pixels = pixel_values(frame, self.model.manifest.preprocess, self.window)
         clock.lap("preprocess")
