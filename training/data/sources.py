@@ -26,6 +26,7 @@ slice of a volume). Images reach the model as 8-bit RGB (grayscale repeated), ex
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import logging
@@ -84,7 +85,7 @@ def strip_suffix(path: Path) -> str:
     return path.name[: -len(s)] if s else path.stem
 
 
-class Source:
+class Source(abc.ABC):
     """Base class: a dataset folder with a label-to-text dictionary."""
 
     default_instances = "components"
@@ -104,11 +105,13 @@ class Source:
         """True when concepts never overlap (one label map), so multi-class evaluation applies."""
         return True
 
+    @abc.abstractmethod
     def refs(self) -> list[SampleRef]:
-        raise NotImplementedError
+        """Every sample of the dataset (layouts implement this)."""
 
+    @abc.abstractmethod
     def load(self, ref: SampleRef) -> Annotation:
-        raise NotImplementedError
+        """One sample's image and masks (layouts implement this)."""
 
     def index(self) -> list[tuple[SampleRef, frozenset[int]]]:
         """Every sample with the concepts it contains (reads every mask once)."""
