@@ -67,6 +67,31 @@ void take(ov::InferRequest& r, const char* name, const ov::Shape& want, std::vec
     out.assign(p, p + count(want));
 }
 
+// Runs the detector (its FPN inputs already set) on the prompts of `text`; the view points into
+// the request's output tensors, valid until the request runs again.
+DetectorView run_detector(ov::InferRequest& detector, const TextInput& text) {
+    const ov::Shape ptc{size_t(text.P), size_t(text.T), size_t(text.C)}, pt{size_t(text.P), size_t(text.T)};
+    detector.set_tensor(gc::TEXT_FEATURES, wrap(ov::element::f32, ptc, text.features));
+    detector.set_tensor(gc::TEXT_MASK, wrap(ov::element::boolean, pt, text.mask));
+    detector.infer();
+    const ov::Tensor logits = detector.get_tensor(gc::PRED_LOGITS), boxes = detector.get_tensor(gc::PRED_BOXES),
+                     presence = detector.get_tensor(gc::PRESENCE_LOGITS), masks = detector.get_tensor(gc::PRED_MASKS);
+    const ov::Shape ms = masks.get_shape();
+    if (ms.size() != 4 || int64_t(ms[0]) != text.P || logits.get_shape() != ov::Shape{ms[0], ms[1]} ||
+        boxes.get_shape() != ov::Shape{ms[0], ms[1], 4} || presence.get_shape() != ov::Shape{ms[0], 1} || ms[2] != ms[3]) {
+        throw InternalError("detector outputs have unexpected shapes (pred_masks " + ms.to_string() + ")");
+    }
+    DetectorView view;
+    view.P = text.P;
+    view.Q = int64_t(ms[1]);
+    view.m = int64_t(ms[2]);
+    view.pred_logits = logits.data<const float>();
+    view.pred_boxes = boxes.data<const float>();
+    view.presence_logits = presence.data<const float>();
+    view.pred_masks = masks.data<const float>();
+    return view;
+}
+
 class OpenVinoBackend;
 
 class OpenVinoTracker final : public TrackerSession {
@@ -131,24 +156,7 @@ public:
                                                                 const_cast<float*>(pixel_values)));
             r->backbone.infer();
             for (const char* name : gc::DET_FPN) r->detector.set_tensor(name, r->backbone.get_tensor(name));
-            const ov::Shape ptc{size_t(text.P), size_t(text.T), size_t(text.C)}, pt{size_t(text.P), size_t(text.T)};
-            r->detector.set_tensor(gc::TEXT_FEATURES, ov::Tensor(ov::element::f32, ptc, const_cast<float*>(text.features)));
-            r->detector.set_tensor(gc::TEXT_MASK, ov::Tensor(ov::element::boolean, pt, const_cast<uint8_t*>(text.mask)));
-            r->detector.infer();
-            const ov::Tensor logits = r->detector.get_tensor(gc::PRED_LOGITS), boxes = r->detector.get_tensor(gc::PRED_BOXES),
-                             presence = r->detector.get_tensor(gc::PRESENCE_LOGITS), masks = r->detector.get_tensor(gc::PRED_MASKS);
-            const ov::Shape ms = masks.get_shape();
-            if (ms.size() != 4 || int64_t(ms[0]) != text.P || logits.get_shape() != ov::Shape{ms[0], ms[1]} ||
-                boxes.get_shape() != ov::Shape{ms[0], ms[1], 4} || presence.get_shape() != ov::Shape{ms[0], 1} || ms[2] != ms[3]) {
-                throw InternalError("detector outputs have unexpected shapes (pred_masks " + ms.to_string() + ")");
-            }
-            view.P = text.P;
-            view.Q = int64_t(ms[1]);
-            view.m = int64_t(ms[2]);
-            view.pred_logits = logits.data<const float>();
-            view.pred_boxes = boxes.data<const float>();
-            view.presence_logits = presence.data<const float>();
-            view.pred_masks = masks.data<const float>();
+            view = run_detector(r->detector, text);
         } catch (const Error&) {
             throw;
         } catch (const std::bad_alloc&) {
@@ -285,24 +293,7 @@ void OpenVinoTracker::detect(const TextInput& text, const std::function<void(con
     DetectorView view;
     ov_guard(b_.device_, gc::DETECTOR, [&] {
         for (const char* name : gc::DET_FPN) detector_.set_tensor(name, backbone_.get_tensor(name));
-        const ov::Shape ptc{size_t(text.P), size_t(text.T), size_t(text.C)}, pt{size_t(text.P), size_t(text.T)};
-        detector_.set_tensor(gc::TEXT_FEATURES, wrap(ov::element::f32, ptc, text.features));
-        detector_.set_tensor(gc::TEXT_MASK, wrap(ov::element::boolean, pt, text.mask));
-        detector_.infer();
-        const ov::Tensor logits = detector_.get_tensor(gc::PRED_LOGITS), boxes = detector_.get_tensor(gc::PRED_BOXES),
-                         presence = detector_.get_tensor(gc::PRESENCE_LOGITS), masks = detector_.get_tensor(gc::PRED_MASKS);
-        const ov::Shape ms = masks.get_shape();
-        if (ms.size() != 4 || int64_t(ms[0]) != text.P || logits.get_shape() != ov::Shape{ms[0], ms[1]} ||
-            boxes.get_shape() != ov::Shape{ms[0], ms[1], 4} || presence.get_shape() != ov::Shape{ms[0], 1} || ms[2] != ms[3]) {
-            throw InternalError("detector outputs have unexpected shapes (pred_masks " + ms.to_string() + ")");
-        }
-        view.P = text.P;
-        view.Q = int64_t(ms[1]);
-        view.m = int64_t(ms[2]);
-        view.pred_logits = logits.data<const float>();
-        view.pred_boxes = boxes.data<const float>();
-        view.presence_logits = presence.data<const float>();
-        view.pred_masks = masks.data<const float>();
+        view = run_detector(detector_, text);
     });
     consume(view);
 }
