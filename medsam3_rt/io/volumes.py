@@ -104,7 +104,7 @@ def slice_axis_for(affine: np.ndarray, axis: Axis) -> int:
 
     codes = nib.aff2axcodes(affine)
     for i, code in enumerate(codes):
-        if code in _PLANE_CODES[axis]:
+        if code is not None and code in _PLANE_CODES[axis]:  # None: nibabel finds no direction for that axis
             return i
     raise InputError(f"cannot tell which voxel axis is {axis} from the orientation {codes}")
 
@@ -136,7 +136,10 @@ def read_nifti(path: str | os.PathLike[str], axis: Axis = "axial") -> Volume:
     affine = img.affine if img.affine is not None else np.eye(4)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{p}: the header's voxel-to-world transform is invalid (singular or non-finite)")
-    axis_index = slice_axis_for(affine, axis)
+    try:
+        axis_index = slice_axis_for(affine, axis)
+    except InputError as e:
+        raise InputError(f"{p}: {e.message}; the header's voxel-to-world transform is degenerate") from None
     proxy = img.dataobj
     ndim = len(img.shape)
 
@@ -262,7 +265,10 @@ def _build_dicom_volume(root: Path, items: list, axis: Axis) -> Volume:
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     shape = (cols, rows, len(items))
     files = [f for f, _ in items]
-    axis_index = slice_axis_for(affine, axis)
+    try:
+        axis_index = slice_axis_for(affine, axis)
+    except InputError as e:
+        raise InputError(f"{root}: {e.message}; check ImageOrientationPatient and PixelSpacing") from None
     pydicom = _dicom()
     cache: dict[int, np.ndarray] = {}
 
