@@ -114,3 +114,15 @@ def phantom(h: int, w: int, *, channels: int = 3, dtype: type = np.uint8, seed: 
     if dtype == np.float32:
         return (img / 255.0 * 1400 - 1000).astype(np.float32)  # CT-like HU range
     return img.astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: training steps are many small ops, and one thread
+    avoids oversubscribing a shared 2-core machine. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

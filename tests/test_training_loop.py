@@ -19,11 +19,8 @@ TINY = "{preset: tiny, overrides: {image_size: 56, fpn_hidden: 32, vit_hidden: 3
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs with torch on one thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -37,16 +37,7 @@ optim: {{warmup_steps: 10, decay_timescale: 100, lr_decoder: 3.0e-4, lr_vision: 
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Training is a few thousand small ops per step: one thread avoids oversubscribing shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, one_thread) -> dict:
+def run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> dict:
     from medsam3_export.tokenizer_files import checkpoint_tokenizer
     from medsam3_training.config import load_config
     from medsam3_training.data.dataset import prepare_data

@@ -20,6 +20,8 @@ Both return (batch_idx, query_idx, target_idx) int64 tensors on the CPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,24 @@ Match = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 def _empty() -> Match:
     e = torch.zeros(0, dtype=torch.long)
     return e, e.clone(), e.clone()
+
+
+def _per_image(
+    logits: torch.Tensor,
+    boxes_xyxy: torch.Tensor,
+    targets: BatchTargets,
+    assign: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]],
+) -> Match:
+    """Run `assign(logits (Q,), boxes (Q, 4), targets (T, 4)) -> (query rows, instance cols)` per image with instances."""
+    logits, boxes = logits.detach().float().cpu(), boxes_xyxy.detach().float().cpu()
+    tgt_boxes, counts = targets.boxes_xyxy.float().cpu(), targets.counts.cpu()
+    parts = []
+    for b in range(logits.shape[0]):
+        n = int(counts[b])
+        if n:
+            rows, cols = assign(logits[b], boxes[b], tgt_boxes[b, :n])
+            parts.append((b, rows, cols))
+    return _concat(parts)
 
 
 def _concat(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> Match:
@@ -76,17 +96,7 @@ class HungarianMatcher:
     @torch.no_grad()
     def __call__(self, logits: torch.Tensor, boxes_xyxy: torch.Tensor, targets: BatchTargets) -> Match:
         """logits (B, Q), boxes (B, Q, 4) xyxy -> one query per instance."""
-        logits, boxes = logits.detach().float().cpu(), boxes_xyxy.detach().float().cpu()
-        tgt_boxes, counts = targets.boxes_xyxy.float().cpu(), targets.counts.cpu()
-        parts = []
-        for b in range(logits.shape[0]):
-            n = int(counts[b])
-            if n == 0:
-                continue
-            cost = self.cost_matrix(logits[b], boxes[b], tgt_boxes[b, :n]).numpy()
-            rows, cols = linear_sum_assignment(cost)
-            parts.append((b, rows, cols))
-        return _concat(parts)
+        return _per_image(logits, boxes_xyxy, targets, lambda lg, bx, tg: linear_sum_assignment(self.cost_matrix(lg, bx, tg).numpy()))
 
 
 class OneToManyMatcher:
@@ -100,21 +110,16 @@ class OneToManyMatcher:
 
     @torch.no_grad()
     def __call__(self, logits: torch.Tensor, boxes_xyxy: torch.Tensor, targets: BatchTargets) -> Match:
-        logits, boxes = logits.detach().float().cpu(), boxes_xyxy.detach().float().cpu()
-        tgt_boxes, counts = targets.boxes_xyxy.float().cpu(), targets.counts.cpu()
-        parts = []
-        for b in range(logits.shape[0]):
-            n = int(counts[b])
-            if n == 0:
-                continue
-            q = self.quality(logits[b], boxes[b], tgt_boxes[b, :n]).numpy()
-            k = min(self.cfg.topk, q.shape[0])
-            chosen = np.zeros_like(q, dtype=bool)
-            for t in range(n):
-                top = np.argsort(-q[:, t], kind="stable")[:k]  # ties: lower query index first
-                chosen[top, t] = q[top, t] > self.cfg.threshold
-            claimed = np.where(chosen, q, -np.inf)
-            rows = np.flatnonzero(chosen.any(axis=1))
-            cols = np.argmax(claimed[rows], axis=1)  # ties: lower instance index
-            parts.append((b, rows, cols))
-        return _concat(parts)
+        return _per_image(logits, boxes_xyxy, targets, self._assign)
+
+    def _assign(self, logits: torch.Tensor, boxes: torch.Tensor, tgt: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        q = self.quality(logits, boxes, tgt).numpy()
+        k = min(self.cfg.topk, q.shape[0])
+        chosen = np.zeros_like(q, dtype=bool)
+        for t in range(q.shape[1]):
+            top = np.argsort(-q[:, t], kind="stable")[:k]  # ties: lower query index first
+            chosen[top, t] = q[top, t] > self.cfg.threshold
+        claimed = np.where(chosen, q, -np.inf)
+        rows = np.flatnonzero(chosen.any(axis=1))
+        cols = np.argmax(claimed[rows], axis=1)  # ties: lower instance index
+        return rows, cols
