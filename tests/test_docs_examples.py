@@ -16,9 +16,10 @@ block's output (stdout and stderr, interleaved) must match it under the rule in 
 * `1.25±0.05` in the expected text matches any number within 0.05 of 1.25;
 * everything else must be equal, character for character.
 
-Info-string options: `requires=cpp` (the block uses the C/C++ library built by
-tests/test_cpp_bindings.py; `build-cpp` in the working directory points at that build; skipped
-when it is absent), `requires=<module>` (skipped when the Python module is not installed).
+Info-string options: `requires=cpp` (the block uses the C/C++ library, built once per checkout in
+cpp_bindings/build-ci by tests/test_cpp_bindings.py's fixture; `build-cpp` in the working
+directory points at that build; skipped with the fixture's reason when CMake, a compiler,
+nlohmann-json or OpenVINO is missing), `requires=<module>` (skipped when the Python module is not installed).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_cpp_bindings import build  # noqa: F401  (the fixture: C/C++ library built once in cpp_bindings/build-ci)
 
 REPO = Path(__file__).resolve().parents[1]
-CPP_BUILD = REPO / "cpp_bindings" / "build-ci"  # tests/test_cpp_bindings.py builds the library here
 
 
 def doc_pages() -> list[Path]:
@@ -172,18 +173,18 @@ def page_workdir(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
-def _skip_reason(block: Block, cwd: Path) -> str | None:
+def _skip_reason(block: Block, cwd: Path, request: pytest.FixtureRequest | None = None) -> str | None:
     for opt in block.options:
         if not opt.startswith("requires="):
             continue
         for need in opt.split("=", 1)[1].split(","):
             if need == "cpp":
-                exe = CPP_BUILD / "segment_image"
-                if not exe.is_file():
-                    return f"needs the C/C++ library built by tests/test_cpp_bindings.py in {CPP_BUILD} (not built here)"
+                if request is None:
+                    return "needs the C/C++ library (built by the test run)"
+                lib = request.getfixturevalue("build")  # builds, or skips with the reason (no CMake, ...)
                 link = cwd / "build-cpp"
                 if not link.exists():
-                    link.symlink_to(CPP_BUILD, target_is_directory=True)
+                    link.symlink_to(lib, target_is_directory=True)
             elif importlib.util.find_spec(need) is None:
                 return f"needs the Python module '{need}', not installed here"
     return None
@@ -212,9 +213,9 @@ BLOCKS = all_blocks()
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_doc_example(block: Block, page_workdir) -> None:
+def test_doc_example(block: Block, page_workdir, request: pytest.FixtureRequest) -> None:
     cwd = page_workdir(block.page)
-    if reason := _skip_reason(block, cwd):
+    if reason := _skip_reason(block, cwd, request):
         pytest.skip(reason)
     proc = run_block(block, cwd)
     assert proc.returncode == 0, f"{block.id} exited {proc.returncode}:\n{proc.stdout}"
