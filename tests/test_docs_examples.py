@@ -34,9 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_cpp_bindings import build  # noqa: F401  (the fixture: C/C++ library built once in cpp_bindings/build-ci)
+
+try:  # the fixture that builds the C/C++ library once per checkout, in cpp_bindings/build-ci
+    from test_cpp_bindings import build  # noqa: F401
+
+    HAVE_BUILD_FIXTURE = True
+except ImportError:  # the C/C++ tests moved: use their build when it is there
+    HAVE_BUILD_FIXTURE = False
 
 REPO = Path(__file__).resolve().parents[1]
+CPP_BUILD = REPO / "cpp_bindings" / "build-ci"
 
 
 def doc_pages() -> list[Path]:
@@ -149,9 +156,7 @@ def output_matches(expected: str, actual: str, cwd: Path | None = None) -> bool:
     """The rule above: True when `actual` is what `expected` documents."""
     exp, act = normalise(expected), normalise(actual, cwd)
     tolerances: list[tuple[float, float]] = []
-    pattern = "".join(
-        r"(?:[^\n]*\n)*?" if s.strip() in _WILDCARDS else _line_pattern(s, tolerances) + r"\n" for s in exp
-    )
+    pattern = "".join(r"(?:[^\n]*\n)*?" if s.strip() in _WILDCARDS else _line_pattern(s, tolerances) + r"\n" for s in exp)
     m = re.fullmatch(pattern, "".join(s + "\n" for s in act))
     if m is None:
         return False
@@ -179,9 +184,12 @@ def _skip_reason(block: Block, cwd: Path, request: pytest.FixtureRequest | None 
             continue
         for need in opt.split("=", 1)[1].split(","):
             if need == "cpp":
-                if request is None:
-                    return "needs the C/C++ library (built by the test run)"
-                lib = request.getfixturevalue("build")  # builds, or skips with the reason (no CMake, ...)
+                if request is not None and HAVE_BUILD_FIXTURE:
+                    lib = request.getfixturevalue("build")  # builds, or skips with the reason (no CMake, ...)
+                elif (CPP_BUILD / "segment_image").is_file():
+                    lib = CPP_BUILD
+                else:
+                    return f"needs the C/C++ library, which tests/test_cpp_bindings.py builds in {CPP_BUILD}"
                 link = cwd / "build-cpp"
                 if not link.exists():
                     link.symlink_to(lib, target_is_directory=True)
@@ -204,9 +212,7 @@ def run_block(block: Block, cwd: Path) -> subprocess.CompletedProcess[str]:
     else:
         raise AssertionError(f"{block.id}: cannot execute a '{block.lang}' block (bash or python)")
     # A hang guard, not a performance bound: exec blocks take seconds.
-    return subprocess.run(
-        cmd, cwd=cwd, env=env, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
-    )
+    return subprocess.run(cmd, cwd=cwd, env=env, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
 
 
 BLOCKS = all_blocks()
@@ -220,11 +226,7 @@ def test_doc_example(block: Block, page_workdir, request: pytest.FixtureRequest)
     proc = run_block(block, cwd)
     assert proc.returncode == 0, f"{block.id} exited {proc.returncode}:\n{proc.stdout}"
     if block.expected is not None and not output_matches(block.expected, proc.stdout, cwd):
-        diff = "\n".join(
-            difflib.unified_diff(
-                normalise(block.expected), normalise(proc.stdout, cwd), "documented", "actual", lineterm=""
-            )
-        )
+        diff = "\n".join(difflib.unified_diff(normalise(block.expected), normalise(proc.stdout, cwd), "documented", "actual", lineterm=""))
         pytest.fail(f"{block.id}: the output differs from the page (after normalisation):\n{diff}")
 
 
