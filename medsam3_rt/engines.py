@@ -47,7 +47,7 @@ class AxisRange:
             raise UsageError(f"axis range needs 1 <= min <= opt <= max, got {self.min}:{self.opt}:{self.max}")
 
 
-# The one place the default optimisation-profile ranges live (README "GPU deployment").
+# The one place the default optimisation-profile ranges live (docs/gpu.md).
 #   P  prompts per text-encoder / detector batch. `segment` takes up to 255 prompts: batches
 #      above max run in chunks of max (outputs are per prompt), so max only bounds memory
 #      (the detector's pred_masks are P x Q x 4s x 4s float: ~1 GB at P=16, Q=200, 288^2).

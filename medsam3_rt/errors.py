@@ -5,7 +5,7 @@ the thing, what was expected and how to fix it, and an `exit_code` the CLI retur
 Programming errors are `InternalError`, which deliberately is *not* a `Medsam3Error`: the
 CLI prints a traceback hint for those instead of blaming the user.
 
-Exit codes (documented in the README):
+Exit codes (documented in docs/errors.md):
 
     0  success
     1  internal error (a bug: rerun with --debug and report it)

@@ -1,6 +1,6 @@
 """Image arrays -> the backbone's `pixel_values`.
 
-Input rules (the README states them too):
+Input rules (docs/segment.md states them too):
 
 * arrays are H x W (grayscale) or H x W x C with C in {1, 3, 4}; 3 channels are **RGB**,
   a 4th (alpha) channel is dropped, grayscale is repeated to 3 channels;

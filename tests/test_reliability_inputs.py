@@ -1,11 +1,11 @@
-"""The bad-input table (README "Errors and exit codes"): every row through `medsam3-rt segment`.
+"""The bad-input table (docs/errors.md): every row through `medsam3-rt segment`.
 
 Each case builds a broken input, runs the CLI's entry point in this process (`run`, with the
 process's file descriptor 2 captured so native decoders' output counts too) and checks the
 documented exit code, ONE line on stderr that starts with `error:` and names the problem,
 no traceback, and no file at all in the output folder (not even a hidden temporary).
 
-Rows already tested elsewhere are not repeated here; the README table names their tests.
+Rows already tested elsewhere are not repeated here; the docs/errors.md table names their tests.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ InstanceMode = Literal["components", "semantic", "labels"]
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset folder of a run; several are mixed in one run (see README, "Train and evaluate").
+    """One dataset folder of a run; several are mixed in one run (see docs/training.md).
 
     path        the dataset folder (for `mricron`: the folder holding ch2.nii.gz etc.)
     layout      how the folder is organised; `auto` reads `dataset.yaml` in it or recognises
@@ -219,7 +219,7 @@ class FindLossConfig:
 
 @dataclass(frozen=True)
 class SegLossConfig:
-    """L_seg (Table 2), applied to the matched instance masks and to the semantic map (README)."""
+    """L_seg (Table 2), applied to the matched instance masks and to the semantic map (docs/training.md)."""
 
     alpha: float = 0.6  # alpha_seg
     gamma: float = 2.0  # gamma_seg
@@ -305,7 +305,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.data.datasets:
-            raise ConfigError("data.datasets is empty: list at least one dataset folder (see README, 'Train and evaluate')")
+            raise ConfigError("data.datasets is empty: list at least one dataset folder (see docs/training.md)")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

@@ -28,8 +28,8 @@ BACKENDS: dict[str, type[Backend]] = {
     b.name: b for b in (TensorrtBackend, OrtTensorrtBackend, OrtCudaBackend, OrtCpuBackend, OpenVinoBackend)
 }
 AUTO_ORDER = ("tensorrt", "ort-trt", "ort-cuda", "ort-cpu", "openvino")  # tensorrt only where engines fit this GPU
-# openvino after ort-cpu: on a 2-core x86 CPU the two measured within noise of each other (README
-# "C/C++ embedding"), and ONNX Runtime is the base dependency the export's parity is checked with.
+# openvino after ort-cpu: on a 2-core x86 CPU the two measured within noise of each other (cpp_bindings/
+# README.md, "OpenVINO and TensorRT"), and ONNX Runtime is the base dependency the export's parity is checked with.
 PLUGIN_GROUP = "medsam3_rt.backends"
 
 __all__ = [

@@ -96,7 +96,7 @@ class BackendOptions:
     cache_dir: Path | None = None  # ORT-TensorRT engine cache, OpenVINO model cache
     fp16: bool = False  # reduced precision where the backend supports it (GPU providers)
     gpu_mem_limit_bytes: int | None = None
-    # GPU deployment (README "GPU deployment"):
+    # GPU deployment (docs/gpu.md):
     precision: str | None = None  # tensorrt: which built engine to load (fp16|bf16|fp32|fp16+int8); torch: CUDA dtype
     keep_on_device: bool = True  # GPU backends hand backbone features to the next graph without a host copy
     cuda_graph: bool = False  # tensorrt: capture a CUDA graph per input shape; ort-trt: trt_cuda_graph_enable

@@ -170,7 +170,7 @@ class FolderSource(Source):
         self.masks_dir = self.root / (spec.masks or "masks")
         for d, what in ((self.images_dir, "images"), (self.masks_dir, "masks")):
             if not d.is_dir():
-                raise InputError(f"dataset {self.name}: {what} folder '{d}' does not exist (layout '{spec.layout}', see README)")
+                raise InputError(f"dataset {self.name}: {what} folder '{d}' does not exist (layout '{spec.layout}', see docs/training.md)")
         images = list_images(self.images_dir)
         if not images:
             raise InputError(f"dataset {self.name}: '{self.images_dir}' has no images ({', '.join(IMAGE_SUFFIXES)})")
