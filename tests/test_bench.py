@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli
-
-from medsam3_rt.benchmark import SCHEMA_FILE, SCHEMA_ID
+from medsam3_bench.schema import SCHEMA_FILE, SCHEMA_ID
 
 
 def test_bench_cli_against_transformers_writes_valid_json_markdown_and_plots(
