@@ -28,7 +28,8 @@ from medsam3_rt.errors import MissingDependencyError, UsageError
 from medsam3_rt.manifest import Manifest
 from medsam3_rt.postprocess import sigmoid
 from medsam3_rt.preprocess import pixel_values
-from medsam3_rt.profiling import Stopwatch, gpu_memory_used_bytes
+from medsam3_rt.profiling import gpu_memory_used_bytes
+from medsam3_rt.stopwatch import Stopwatch
 
 CANDIDATE_GROUP = "medsam3_bench.candidates"
 BASELINE_NAME = "transformers"

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medsam3_export.manifest_writer import file_entry
 
 from medsam3_rt import graph_contract as gc
-from medsam3_rt.manifest import MANIFEST_NAME, file_entry, load_manifest
+from medsam3_rt.manifest import MANIFEST_NAME, load_manifest
 from medsam3_rt.profiling import machine_info
 
 AXES = {"P": 2, "N": 2, "M": 7, "K": 16}

@@ -30,7 +30,7 @@ from medsam3_bench.candidates import Candidate, ImageOutput, StreamHandle, Strea
 from medsam3_rt.errors import UsageError
 from medsam3_rt.manifest import Manifest
 from medsam3_rt.preprocess import pixel_values
-from medsam3_rt.profiling import Stopwatch
+from medsam3_rt.stopwatch import Stopwatch
 
 from .checkpoint import load_checkpoint
 from .tokenizer_files import bundled_clip_tokenizer, checkpoint_tokenizer

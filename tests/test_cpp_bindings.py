@@ -35,9 +35,13 @@ SRC = REPO / "cpp_bindings"
 BUILD = SRC / "build-ci"
 PROMPTS = ["liver", "Fetal head", "polyp"]
 
-GRAY, RGB, BGR, RGBA, BGRA = 1, 2, 3, 4, 5
-UINT8, UINT16 = 1, 2
-OK, USAGE, INPUT, MODEL = 0, 2, 3, 4
+sys.path.insert(0, str(REPO / "cpp_bindings" / "python"))
+from medsam3rt_ctypes import BGR, BGRA, GRAY, OK, RGB, RGBA, UINT8, UINT16  # noqa: E402 - the one ctypes copy of the C structs
+from medsam3rt_ctypes import ERROR_MODEL as MODEL  # noqa: E402
+from medsam3rt_ctypes import Image as _Image  # noqa: E402
+from medsam3rt_ctypes import Object as _Object  # noqa: E402
+from medsam3rt_ctypes import SegmentOptions as _SegmentOptions  # noqa: E402
+from medsam3rt_ctypes import StreamOptions as _StreamOptions  # noqa: E402
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
@@ -353,27 +357,6 @@ def test_postprocessing_matches_python(build: Path, tmp_path: Path, hw: tuple[in
 # -- the C API end to end (ctypes) -----------------------------------------------------------
 
 
-class _Image(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("width", ctypes.c_int32),
-        ("height", ctypes.c_int32),
-        ("stride_bytes", ctypes.c_int64),
-        ("format", ctypes.c_int32),
-        ("type", ctypes.c_int32),
-    ]
-
-
-class _SegmentOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("min_score", ctypes.c_float),
-        ("use_window", ctypes.c_int32),
-        ("window_low", ctypes.c_double),
-        ("window_high", ctypes.c_double),
-    ]
-
-
 class NativeModel:
     """Just enough ctypes over libmedsam3rt to compare it with the Python runtime."""
 
@@ -636,36 +619,6 @@ def test_export_with_tracker_graphs(build: Path, tiny_video_export: Path, tmp_pa
 
 
 # -- streaming through the C API --------------------------------------------------------------
-
-
-class _StreamOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("mode", ctypes.c_int32),
-        ("nms", ctypes.c_int32),
-        ("fill_holes", ctypes.c_int32),
-        ("max_objects", ctypes.c_int32),
-        ("max_cond_frames", ctypes.c_int32),
-        ("forget_after", ctypes.c_int32),
-        ("detection_threshold", ctypes.c_double),
-        ("new_object_threshold", ctypes.c_double),
-        ("use_window", ctypes.c_int32),
-        ("window_low", ctypes.c_double),
-        ("window_high", ctypes.c_double),
-    ]
-
-
-class _Object(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("object_id", ctypes.c_int64),
-        ("prompt_index", ctypes.c_int32),
-        ("score", ctypes.c_float),
-        ("tracker_score", ctypes.c_float),
-        ("box", ctypes.c_float * 4),
-        ("area", ctypes.c_int64),
-        ("mask", ctypes.POINTER(ctypes.c_uint8)),
-    ]
 
 
 def _stream_frames(n: int, h: int = 96, w: int = 112) -> list[np.ndarray]:

@@ -108,8 +108,9 @@ def test_malformed_sections(export_copy: Path, change, message: str) -> None:
 
 def test_graph_file_that_belongs_to_another_graph(export_copy: Path) -> None:
     """Swap detector.onnx for the backbone file and fix the hashes: the runtime reads its I/O and refuses."""
+    from medsam3_export.manifest_writer import file_entry
+
     import medsam3_rt
-    from medsam3_rt.manifest import file_entry
 
     shutil.copy(export_copy / "image_backbone.onnx", export_copy / "detector.onnx")
     entry = file_entry(export_copy, "detector.onnx")
