@@ -1,6 +1,6 @@
 """Timing statistics, memory sampling and the machine fingerprint for benchmarks (no torch).
 
-Used by `medsam3-rt bench` (`medsam3_rt.benchmark`) and the scripts in `benchmarks/`. All
+Used by `medsam3-rt bench` (`medsam3_bench`) and the scripts in `benchmarks/`. All
 clocks are `time.perf_counter`; GPU backends are synchronised by the caller before a clock
 stops (their runners return host arrays, or device tensors that the caller copies).
 """

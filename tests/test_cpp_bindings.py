@@ -8,8 +8,8 @@ with the Python runtime step by step and end to end on the tiny export.
 * the C example (examples/segment_image.c), the C++ RAII wrapper, the C API's bad-argument
   cases (tests/test_c_api.c), and the example and those cases again under AddressSanitizer.
 
-Skips, with the reason, where the openvino wheel, CMake, a C/C++ compiler or nlohmann-json
-(Debian: nlohmann-json3-dev) is missing.
+Skips, with the reason, where the openvino wheel, CMake, a C/C++ compiler, nlohmann-json
+(Debian: nlohmann-json3-dev) or valijson (Debian: libvalijson-dev) is missing.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if proc.returncode != 0:
             if "nlohmann_json" in proc.stdout + proc.stderr:
                 pytest.skip("nlohmann-json is not installed (Debian/Ubuntu: apt-get install nlohmann-json3-dev)")
+            if "valijson" in proc.stdout + proc.stderr:
+                pytest.skip("valijson is not installed (Debian/Ubuntu: apt-get install libvalijson-dev)")
             pytest.fail(f"cmake configure failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         proc = _run(["cmake", "--build", BUILD, "-j", "2"])
         assert proc.returncode == 0, f"build failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
@@ -208,6 +210,15 @@ def _mutations(manifest: dict) -> dict[str, dict]:
         "producer-list": edit(lambda m: m.update(producer=[])),
         "postprocess-bad": edit(lambda m: m.update(postprocess={"mask_threshold": "high"})),
         "postprocess-null": edit(lambda m: m.update(postprocess=None)),
+        # shapes only the schema (medsam3_rt/schemas/manifest.v1.json) states: both readers take its messages
+        "graph-file-int": edit(lambda m: m["graphs"][graph].update(file=3)),
+        "external-data-int": edit(lambda m: m["graphs"][graph].update(external_data=[3])),
+        "inputs-dict": edit(lambda m: m["graphs"][graph].update(inputs={})),
+        "file-entry-list": edit(lambda m: m["files"].update({"x.onnx": []})),
+        "source-string": edit(lambda m: m["model"].update(source="hf")),
+        "source-extra-field": edit(lambda m: m["model"]["source"].update(prompt_semantics={"cls": True})),
+        "parity-list": edit(lambda m: m.update(parity=[])),
+        "two-sections-missing": edit(lambda m: (m.pop("model"), m.pop("files"))),
     }
 
 
