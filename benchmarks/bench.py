@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from medsam3_rt.benchmark import (
+from medsam3_bench import (
     CURVE_LENGTHS,
     IMAGE_STAGES,
     SCHEMA_FILE,

@@ -24,36 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpp_bindings" / "python"))
+from medsam3rt_ctypes import RGB, UINT8, Image, ModelOptions
+
 PROMPTS = ["liver", "left kidney", "polyp"]
-
-
-class _ModelOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("backend", ctypes.c_char_p),
-        ("device", ctypes.c_char_p),
-        ("num_threads", ctypes.c_int32),
-        ("verify", ctypes.c_int32),
-        ("cache_dir", ctypes.c_char_p),
-    ]
-
-
-class _Image(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("width", ctypes.c_int32),
-        ("height", ctypes.c_int32),
-        ("stride_bytes", ctypes.c_int64),
-        ("format", ctypes.c_int32),
-        ("type", ctypes.c_int32),
-    ]
 
 
 class Native:
     def __init__(self, lib_path: Path, model_dir: Path, pack: Path, threads: int) -> None:
         self.lib = ctypes.CDLL(str(lib_path))
         self.lib.medsam3rt_last_error.restype = ctypes.c_char_p
-        opts = _ModelOptions()
+        opts = ModelOptions()
         self._ok(self.lib.medsam3rt_model_options_init(ctypes.byref(opts)))
         opts.num_threads = threads
         self.model, self.prompts = ctypes.c_void_p(), ctypes.c_void_p()
@@ -66,7 +47,7 @@ class Native:
 
     def segment(self, rgb: np.ndarray) -> dict[str, float]:
         h, w = rgb.shape[:2]
-        img = _Image(rgb.ctypes.data, w, h, 0, 2, 1)
+        img = Image(rgb.ctypes.data, w, h, 0, RGB, UINT8)
         res = ctypes.c_void_p()
         self._ok(self.lib.medsam3rt_segment(self.model, self.prompts, ctypes.byref(img), None, ctypes.byref(res)))
         t = [ctypes.c_double() for _ in range(3)]

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medsam3_export.manifest_writer import file_entry
 
 from medsam3_rt import graph_contract as gc
-from medsam3_rt.manifest import MANIFEST_NAME, file_entry, load_manifest
+from medsam3_rt.manifest import MANIFEST_NAME, load_manifest
 from medsam3_rt.profiling import machine_info
 
 AXES = {"P": 2, "N": 2, "M": 7, "K": 16}
@@ -179,7 +180,8 @@ class _Calibration:
     """Backbone inputs of synthetic CT-like slices for static quantisation."""
 
     def __init__(self, manifest: Any, n: int) -> None:
-        from medsam3_rt.benchmark import synthetic_slice
+        from medsam3_bench import synthetic_slice
+
         from medsam3_rt.preprocess import pixel_values
 
         self.items = iter(
@@ -215,12 +217,12 @@ def _copy_export_with(model_dir: Path, graph_file: Path, work: Path, name: str) 
 
 
 def cmd_int8(args: argparse.Namespace) -> dict[str, Any]:
+    from medsam3_bench import synthetic_slice
     from medsam3_export.accuracy import gate, mask_pairs, output_deltas
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     import medsam3_rt
-    from medsam3_rt.benchmark import synthetic_slice
     from medsam3_rt.preprocess import pixel_values
 
     man = load_manifest(args.model_dir, verify="none")

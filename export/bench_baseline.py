@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from medsam3_bench.candidates import Candidate, ImageOutput, StreamHandle, StreamOutput, StreamPolicy
 
-from medsam3_rt.benchmark import Candidate, ImageOutput, StreamHandle, StreamOutput, StreamPolicy
+from medsam3_rt.errors import UsageError
 from medsam3_rt.manifest import Manifest
 from medsam3_rt.preprocess import pixel_values
-from medsam3_rt.profiling import Stopwatch
+from medsam3_rt.stopwatch import Stopwatch
 
 from .checkpoint import load_checkpoint
 from .tokenizer_files import bundled_clip_tokenizer, checkpoint_tokenizer
@@ -48,7 +49,7 @@ class TransformersCandidate(Candidate):
         source = manifest.model.get("source") or {}
         if checkpoint is None:
             if source.get("format") != "random":
-                raise FileNotFoundError("the transformers baseline needs the checkpoint this export was made from: pass --checkpoint PATH")
+                raise UsageError("the transformers baseline needs the checkpoint this export was made from: pass --checkpoint PATH")
             from .torch_backend import checkpoint_for
 
             ckpt = checkpoint_for(manifest, None)  # the random preset, rebuilt from its seed

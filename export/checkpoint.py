@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,28 +57,44 @@ def load_checkpoint(path: str | Path, *, config: str | Path | None = None) -> Lo
     return _load_original(p, config)
 
 
-def _set_init_std(config: Any, std: float) -> None:
-    """Set `initializer_range` on a config and all its sub-configs."""
+def _set_init_std(config: Any, std: float, seen: set[int] | None = None) -> None:
+    """Set `initializer_range` on a config and all its sub-configs (each once)."""
+    seen = seen if seen is not None else set()
+    if id(config) in seen:
+        return
+    seen.add(id(config))
     if hasattr(config, "initializer_range"):
         config.initializer_range = std
     for value in vars(config).values():
         if hasattr(value, "to_dict") and hasattr(value, "initializer_range"):
-            _set_init_std(value, std)
+            _set_init_std(value, std, seen)
 
 
-def random_checkpoint(preset: str, *, video: bool = True, seed: int = 0, init_std: float | None = None) -> LoadedCheckpoint:
-    """A randomly initialised model of a preset geometry (tests, benchmarks, size studies).
+def random_checkpoint(
+    preset: str,
+    *,
+    video: bool = True,
+    seed: int = 0,
+    init_std: float | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedCheckpoint:
+    """A randomly initialised model of a preset geometry (tests, benchmarks, size studies, training from scratch).
 
     `init_std` overrides the weight initialisation scale; tests use 0.05 so that queries
     score distinctly and mask logits are not all near zero (transformers' 0.02 makes every
-    query score ~0.25 in a tiny model).
+    query score ~0.25 in a tiny model). `overrides` replaces fields of the preset (validated by
+    the caller) and is recorded in the source.
     """
     pr = get_preset(preset)
+    if overrides is not None:
+        pr = dataclasses.replace(pr, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     cfg = pr.video_config() if video else pr.detector_config()
     if init_std is not None:
         _set_init_std(cfg, init_std)
     torch.manual_seed(seed)
-    source = {"format": "random", "preset": preset, "seed": seed}
+    source: dict[str, Any] = {"format": "random", "preset": preset, "seed": seed}
+    if overrides is not None:
+        source = {"format": "random", "preset": preset, "overrides": dict(overrides), "seed": seed}
     if video:
         vm = Sam3VideoModel(cfg).eval()
         return LoadedCheckpoint(vm.detector_model, vm, {**source, "class": "Sam3VideoModel"})

@@ -33,7 +33,6 @@ from medsam3_rt.manifest import (
     Manifest,
     Postprocess,
     Preprocess,
-    file_entry,
 )
 from medsam3_rt.preprocess import pixel_values
 from medsam3_rt.tokenizer import ClipTokenizer
@@ -41,6 +40,7 @@ from medsam3_rt.tokenizer import ClipTokenizer
 from . import parity
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import build_graph_module
+from .manifest_writer import file_entry
 from .onnx_export import DEFAULT_OPSET, export_graph
 from .tokenizer_files import checkpoint_tokenizer, write_tokenizer
 

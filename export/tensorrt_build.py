@@ -17,7 +17,7 @@ For every graph of an export directory (or those named with `--graph`):
    set with the fp32 graphs (reference backend) and with the new engines and fails the
    build if the Dice drop exceeds `--max-dice-drop` (default 0.5 points);
 6. only then are the engines moved into `<model>/engines/` and their entries appended to
-   `manifest.json` atomically (`engines.append_engine_entries`).
+   `manifest.json` atomically (`manifest_writer.append_engine_entries`).
 
 Status: UNVERIFIED with real TensorRT (it cannot be installed on the machines this was
 written on); tests drive this code against a named stand-in of the `tensorrt` module that
@@ -52,6 +52,7 @@ from medsam3_rt.preprocess import pixel_values
 from medsam3_rt.segmenter import Segmenter
 
 from . import accuracy
+from .manifest_writer import append_engine_entries
 from .mixed_precision import convert_file, fp32_pinned_nodes
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,7 @@ def build_engines(
             target = root / next(g.engine_file for g in plan.graphs if g.graph == e.graph)
             os.replace(root / e.file, target)
             final.append(replace(e, file=target.relative_to(root).as_posix(), accuracy=report.to_json()))
-        eng.append_engine_entries(root, final)
+        append_engine_entries(root, final)
         say(f"recorded {len(final)} engine(s) in {root / 'manifest.json'}")
         return BuildResult(tuple(final), report, plan)
     finally:

@@ -16,11 +16,9 @@ from `derive_profile`, so every path uses the same shape ranges.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -413,52 +411,6 @@ def engine_file_name(graph: str, precision: str, int8: bool, env: GpuEnvironment
     cc = env.compute_capability.replace(".", "")
     label = precision + ("-int8" if int8 else "")
     return f"{ENGINE_DIR}/{graph}.{label}.sm{cc}.trt{env.tensorrt}.engine"
-
-
-# -- appending to manifest.json ------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _manifest_lock(model_dir: Path) -> Iterator[None]:
-    """Serialise concurrent `medsam3-rt build`s of one export (POSIX advisory lock)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: atomic replace still protects readers
-        yield
-        return
-    lock_path = model_dir / ".manifest.lock"
-    with open(lock_path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def append_engine_entries(model_dir: str | os.PathLike[str], new: Sequence[EngineEntry]) -> tuple[EngineEntry, ...]:
-    """Add `new` to the manifest's engines atomically; an entry with the same key is replaced.
-
-    The manifest is re-read under a lock, the result is validated as a whole before it is
-    written, and it replaces the old file by rename: readers see the old or the new
-    manifest, never a mix, and two builds of different graphs do not lose each other's entries.
-    """
-    from .io.atomic import atomic_write_text
-    from .manifest import MANIFEST_NAME, parse_manifest
-
-    root = Path(model_dir)
-    path = root / MANIFEST_NAME
-    with _manifest_lock(root):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise ManifestError(f"cannot read {path} to add engines: {e}") from None
-        current = parse_manifest(data)
-        keys = {e.key for e in new}
-        kept = [e for e in current.engines if e.key not in keys]
-        data["engines"] = [e.to_json() for e in (*kept, *new)]
-        result = parse_manifest(data).engines  # validate before the old manifest is replaced
-        atomic_write_text(path, json.dumps(data, indent=2))
-    return result
 
 
 def with_accuracy(entry: EngineEntry, accuracy: Mapping[str, Any]) -> EngineEntry:

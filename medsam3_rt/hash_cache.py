@@ -83,7 +83,8 @@ def cache_dir() -> Path | None:
     return root / "medsam3-rt" / SUBDIR
 
 
-def _hash(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks (the one hashing routine of the package)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -152,7 +153,7 @@ def file_sha256(path: Path, st: os.stat_result | None = None, *, expected: str |
     if cached is not None and (expected is None or cached == expected):
         log.debug("sha256 cache hit: %s", path)
         return cached
-    digest = _hash(path)
+    digest = sha256_file(path)
     with contextlib.suppress(OSError):
         if FileStamp.of(path) == stamp:  # unchanged while it was read
             store(stamp, digest)

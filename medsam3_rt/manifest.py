@@ -5,12 +5,18 @@ optional prompt packs and engines, and this manifest. The manifest records what 
 the graphs, how to preprocess images, the tensor contract of every graph
 (`graph_contract`), the SHA-256 of every file, and the parity report of the export.
 `load_manifest` validates all of that and raises a one-line `ManifestError` naming what is
-wrong. The JSON schema for non-Python readers is `schemas/manifest.v1.json`.
+wrong.
+
+The document's shape is the JSON Schema `schemas/manifest.v1.json` (shipped in the package,
+read by the C++ library too, described in docs/manifest.md): `parse_manifest` validates
+against it first and reports the schema's own `x-message` for the failing place, then checks
+what a schema cannot state (graph I/O for the model's dimensions, files listed, tracker
+graphs and settings together). This module only reads manifests; `medsam3_export` writes them.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import os
@@ -24,12 +30,14 @@ from . import hash_cache
 from ._version import __version__
 from .engines import EngineEntry, parse_engines
 from .errors import IntegrityError, ManifestError, ManifestVersionError, first_line
+from .hash_cache import sha256_file as sha256_file  # re-exported for writers and tests
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "medsam3-rt/manifest"
 SCHEMA_VERSION = 1
+SCHEMA_FILE = Path(__file__).parent / "schemas" / f"manifest.v{SCHEMA_VERSION}.json"
 INTENDED_USE = "Research use only. Not a medical device; not for diagnostic or treatment decisions."
 _TOP_LEVEL_KEYS = {
     "schema",
@@ -236,19 +244,6 @@ class Manifest:
         }
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_entry(root: Path, rel: str) -> FileEntry:
-    p = root / rel
-    return FileEntry(rel, sha256_file(p), p.stat().st_size)
-
-
 # file stamp (path, device, inode, size, mtime, ctime) -> sha256 verified in this process;
 # across processes `hash_cache` remembers digests in the user's cache directory.
 _VERIFIED: dict[hash_cache.FileStamp, str] = {}
@@ -283,6 +278,58 @@ def verify_files(root: Path, files: Mapping[str, FileEntry], verify: Verify = "h
         _VERIFIED[key] = digest
 
 
+@functools.lru_cache(maxsize=1)
+def _schema_validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _schema_message(schema: Mapping[str, Any], error: Any) -> str:
+    """The `x-message` of the innermost schema place that failed (see docs/manifest.md), with `{path[N]}` filled in."""
+    node: Any = schema
+    message = schema.get("x-message", "manifest does not match its schema")
+    for step in error.schema_path:
+        if not isinstance(node, Mapping) or step not in node:
+            break
+        node = node[step]
+        if isinstance(node, Mapping) and "x-message" in node:
+            message = node["x-message"]
+    if error.validator == "required":  # the missing property's own message, when it has one
+        props = error.schema.get("properties", {})
+        missing = next((k for k in error.schema["required"] if k not in error.instance), None)
+        message = props.get(missing, {}).get("x-message", message)
+    return message.format(path=[str(p) for p in error.absolute_path])
+
+
+def check_schema(data: Any) -> None:
+    """Validate `data` against `schemas/manifest.v1.json`; a `ManifestError` with the schema's message if it fails.
+
+    Of several failures the one reported is under the first top-level property in the order
+    of the schema's `required` list, then its `properties` (the C++ reader picks the same).
+    """
+    validator = _schema_validator()
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    schema = validator.schema
+    order = list(dict.fromkeys([*schema.get("required", []), *schema.get("properties", {})]))
+
+    def rank(e: Any) -> tuple[int, int]:
+        if e.absolute_path:
+            key = e.absolute_path[0]
+        elif e.validator == "required":
+            key = next((k for k in schema["required"] if k not in e.instance), "")
+        else:
+            return (-1, 0)
+        return (order.index(key) if key in order else len(order), len(e.absolute_path))
+
+    raise ManifestError(_schema_message(schema, min(errors, key=rank)))
+
+
 def _section(data: Mapping[str, Any], key: str, kind: type) -> Any:
     value = data.get(key)
     if not isinstance(value, kind):
@@ -302,6 +349,7 @@ def parse_manifest(data: Any) -> Manifest:
             f"manifest schema v{version} was written by a newer medsam3-rt; this is {__version__}, which reads "
             f"up to v{SCHEMA_VERSION}: pip install -U medsam3-rt"
         )
+    check_schema(data)
     unknown = set(data) - _TOP_LEVEL_KEYS
     if unknown:
         log.warning("manifest has unknown top-level keys %s (ignored)", sorted(unknown))

@@ -1,6 +1,6 @@
 """Timing statistics, memory sampling and the machine fingerprint for benchmarks (no torch).
 
-Used by `medsam3-rt bench` (`medsam3_rt.benchmark`) and the scripts in `benchmarks/`. All
+Used by `medsam3-rt bench` (`medsam3_bench`) and the scripts in `benchmarks/`. All
 clocks are `time.perf_counter`; GPU backends are synchronised by the caller before a clock
 stops (their runners return host arrays, or device tensors that the caller copies).
 """
@@ -14,12 +14,13 @@ import resource
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import Any
 
 import numpy as np
+
+from .stopwatch import Stopwatch as Stopwatch  # re-exported: the one Stopwatch, for the benchmarks
 
 PERCENTILES = (50, 95, 99)
 
@@ -226,19 +227,3 @@ def machine_info() -> dict[str, Any]:
         "libraries": library_versions(),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
     }
-
-
-class Stopwatch:
-    """Accumulates milliseconds per stage between `lap` calls."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def reset(self) -> None:
-        self._t = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1e3
-        self._t = now

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli
-
-from medsam3_rt.benchmark import SCHEMA_FILE, SCHEMA_ID
+from medsam3_bench.schema import SCHEMA_FILE, SCHEMA_ID
 
 
 def test_bench_cli_against_transformers_writes_valid_json_markdown_and_plots(
@@ -82,3 +81,40 @@ def test_bench_usage_errors(tiny_video_export: Path) -> None:
     assert proc.returncode == 2 and "--baseline" in proc.stderr
     proc = cli("bench", str(tiny_video_export), "--image-size", "big")
     assert proc.returncode == 2 and "--image-size" in proc.stderr
+
+
+def test_missing_baseline_checkpoint_is_a_usage_error(tiny_video_export: Path) -> None:
+    """An export of a real checkpoint needs --checkpoint for the baseline: the user's mistake, not a bug."""
+    pytest.importorskip("transformers", reason="the transformers baseline needs the export extra")
+    proc = cli("bench", str(tiny_video_export), "--baseline", "on", "--no-stream", "--rounds", "0", "--warmup", "0")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--checkpoint" in lines[0] and "internal error" not in proc.stderr
+
+
+def test_both_plot_panels_colour_a_stage_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plt = pytest.importorskip("matplotlib.pyplot", reason="plots need matplotlib (the bench extra)")
+    from medsam3_bench.report import write_plots
+    from medsam3_bench.schema import IMAGE_STAGES, STREAM_STAGES
+
+    def stages(names: tuple[str, ...]) -> dict:
+        return {"stages_ms": {s: {"p50": 10.0 + k} for k, s in enumerate(names)}}
+
+    cand = {"name": "ort-cpu", "available": True, "image": stages(IMAGE_STAGES), "stream": stages(STREAM_STAGES)}
+    result = {
+        "candidates": [cand],
+        "speedup_vs_baseline": {},
+        "model": {"name": "m", "source": {"format": "random", "preset": "tiny"}, "dims": {"image_size": 64}},
+        "machine": {"cpu_model": "cpu"},
+        "settings": {"threads": 1},
+    }
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    write_plots(result, tmp_path / "p.png")
+    colour: dict[str, tuple] = {}
+    for ax in figures[0].axes:
+        for bars in ax.containers:  # one BarContainer per stage, labelled with the stage
+            st, face = bars.get_label(), bars.patches[0].get_facecolor()
+            assert colour.setdefault(st, face) == face, st
+    shared = set(IMAGE_STAGES) & set(STREAM_STAGES)
+    assert shared <= set(colour) and len(set(colour.values())) == len(colour)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -155,3 +158,63 @@ def test_prompt_pack_of_another_model_is_refused(tiny_export: Path, images: Path
     write_prompt_pack(pack, p.__class__("0" * 64, p.prompts, p.keys, p.tokens, p.features, p.mask))
     proc = cli("segment", str(tiny_export), str(images / "rgb.png"), "-p", "liver", "-o", str(tmp_path / "o"), "--prompt-pack", str(pack))
     assert proc.returncode == 4 and "made for another model" in proc.stderr
+
+
+# -- commands of other packages (the medsam3_rt.commands entry-point group) ------------------
+def _run_python(code: str, extra_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_help_lists_registered_commands_without_importing_torch() -> None:
+    code = """
+import sys
+from medsam3_rt.cli.main import run
+try:
+    run(["--help"])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "onnx")))
+"""
+    proc = _run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("segment", "info", "export", "build", "train", "eval", "bench", "prompts", "demo"):
+        assert f" {name} " in proc.stdout, name
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("blocked", "command", "extra"),
+    [("torch", "export", "export"), ("medsam3_export", "build", "export"), ("medsam3_training", "train", "train")],
+)
+def test_command_without_its_package_names_the_extra(blocked: str, command: str, extra: str) -> None:
+    """A missing package or extra: one line naming the extra, exit code 5 (MissingDependencyError)."""
+    code = f"""
+import sys
+sys.modules[{blocked!r}] = None  # as if not installed
+from medsam3_rt.cli.main import run
+run([{command!r}, "a", "-o", "b"] if {command!r} != "train" else ["train", "--print-config"])
+"""
+    proc = _run_python(code)
+    assert proc.returncode == 5, proc.stderr
+    _no_traceback(proc)
+    assert f"`medsam3-rt {command}` needs the '{extra}' extra" in proc.stderr and f"medsam3-rt[{extra}]" in proc.stderr
+
+
+def test_any_installed_package_can_add_a_command(tmp_path: Path) -> None:
+    """A third-party distribution registers `hello`; the runtime CLI finds and runs it, and lists it."""
+    module = ["import typer", "app = typer.Typer()", "@app.command()", "def hello(name: str) -> None:", '    "Say hello."']
+    (tmp_path / "hello_pkg.py").write_text("\n".join([*module, "    print('hello ' + name)", ""]))
+    dist = tmp_path / "hello_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hello-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[medsam3_rt.commands]\nhello = hello_pkg:app\nbroken = not_installed_pkg:app [extra1]\n")
+    run = "from medsam3_rt.cli.main import run\nrun({args!r})"
+    proc = _run_python(run.format(args=["hello", "world"]), tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "hello world", proc.stderr
+    proc = _run_python(run.format(args=["broken"]), tmp_path)
+    assert proc.returncode == 5 and "needs the 'extra1' extra (not_installed_pkg is not installed)" in proc.stderr, proc.stderr
+    proc = _run_python(run.format(args=["--help"]), tmp_path)
+    assert "hello" in proc.stdout and "Say hello." in proc.stdout

@@ -8,8 +8,8 @@ with the Python runtime step by step and end to end on the tiny export.
 * the C example (examples/segment_image.c), the C++ RAII wrapper, the C API's bad-argument
   cases (tests/test_c_api.c), and the example and those cases again under AddressSanitizer.
 
-Skips, with the reason, where the openvino wheel, CMake, a C/C++ compiler or nlohmann-json
-(Debian: nlohmann-json3-dev) is missing.
+Skips, with the reason, where the openvino wheel, CMake, a C/C++ compiler, nlohmann-json
+(Debian: nlohmann-json3-dev) or valijson (Debian: libvalijson-dev) is missing.
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ SRC = REPO / "cpp_bindings"
 BUILD = SRC / "build-ci"
 PROMPTS = ["liver", "Fetal head", "polyp"]
 
-GRAY, RGB, BGR, RGBA, BGRA = 1, 2, 3, 4, 5
-UINT8, UINT16 = 1, 2
-OK, USAGE, INPUT, MODEL = 0, 2, 3, 4
+sys.path.insert(0, str(REPO / "cpp_bindings" / "python"))
+from medsam3rt_ctypes import BGR, BGRA, GRAY, OK, RGB, RGBA, UINT8, UINT16  # noqa: E402 - the one ctypes copy of the C structs
+from medsam3rt_ctypes import ERROR_MODEL as MODEL  # noqa: E402
+from medsam3rt_ctypes import Image as _Image  # noqa: E402
+from medsam3rt_ctypes import Object as _Object  # noqa: E402
+from medsam3rt_ctypes import SegmentOptions as _SegmentOptions  # noqa: E402
+from medsam3rt_ctypes import StreamOptions as _StreamOptions  # noqa: E402
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
@@ -73,6 +77,8 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if proc.returncode != 0:
             if "nlohmann_json" in proc.stdout + proc.stderr:
                 pytest.skip("nlohmann-json is not installed (Debian/Ubuntu: apt-get install nlohmann-json3-dev)")
+            if "valijson" in proc.stdout + proc.stderr:
+                pytest.skip("valijson is not installed (Debian/Ubuntu: apt-get install libvalijson-dev)")
             pytest.fail(f"cmake configure failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         proc = _run(["cmake", "--build", BUILD, "-j", "2"])
         assert proc.returncode == 0, f"build failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
@@ -204,6 +210,15 @@ def _mutations(manifest: dict) -> dict[str, dict]:
         "producer-list": edit(lambda m: m.update(producer=[])),
         "postprocess-bad": edit(lambda m: m.update(postprocess={"mask_threshold": "high"})),
         "postprocess-null": edit(lambda m: m.update(postprocess=None)),
+        # shapes only the schema (medsam3_rt/schemas/manifest.v1.json) states: both readers take its messages
+        "graph-file-int": edit(lambda m: m["graphs"][graph].update(file=3)),
+        "external-data-int": edit(lambda m: m["graphs"][graph].update(external_data=[3])),
+        "inputs-dict": edit(lambda m: m["graphs"][graph].update(inputs={})),
+        "file-entry-list": edit(lambda m: m["files"].update({"x.onnx": []})),
+        "source-string": edit(lambda m: m["model"].update(source="hf")),
+        "source-extra-field": edit(lambda m: m["model"]["source"].update(prompt_semantics={"cls": True})),
+        "parity-list": edit(lambda m: m.update(parity=[])),
+        "two-sections-missing": edit(lambda m: (m.pop("model"), m.pop("files"))),
     }
 
 
@@ -351,27 +366,6 @@ def test_postprocessing_matches_python(build: Path, tmp_path: Path, hw: tuple[in
 
 
 # -- the C API end to end (ctypes) -----------------------------------------------------------
-
-
-class _Image(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("width", ctypes.c_int32),
-        ("height", ctypes.c_int32),
-        ("stride_bytes", ctypes.c_int64),
-        ("format", ctypes.c_int32),
-        ("type", ctypes.c_int32),
-    ]
-
-
-class _SegmentOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("min_score", ctypes.c_float),
-        ("use_window", ctypes.c_int32),
-        ("window_low", ctypes.c_double),
-        ("window_high", ctypes.c_double),
-    ]
 
 
 class NativeModel:
@@ -636,36 +630,6 @@ def test_export_with_tracker_graphs(build: Path, tiny_video_export: Path, tmp_pa
 
 
 # -- streaming through the C API --------------------------------------------------------------
-
-
-class _StreamOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("mode", ctypes.c_int32),
-        ("nms", ctypes.c_int32),
-        ("fill_holes", ctypes.c_int32),
-        ("max_objects", ctypes.c_int32),
-        ("max_cond_frames", ctypes.c_int32),
-        ("forget_after", ctypes.c_int32),
-        ("detection_threshold", ctypes.c_double),
-        ("new_object_threshold", ctypes.c_double),
-        ("use_window", ctypes.c_int32),
-        ("window_low", ctypes.c_double),
-        ("window_high", ctypes.c_double),
-    ]
-
-
-class _Object(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("object_id", ctypes.c_int64),
-        ("prompt_index", ctypes.c_int32),
-        ("score", ctypes.c_float),
-        ("tracker_score", ctypes.c_float),
-        ("box", ctypes.c_float * 4),
-        ("area", ctypes.c_int64),
-        ("mask", ctypes.POINTER(ctypes.c_uint8)),
-    ]
 
 
 def _stream_frames(n: int, h: int = 96, w: int = 112) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from medsam3_export.manifest_writer import append_engine_entries
 
 from medsam3_rt import engines as eng
 from medsam3_rt import graph_contract as gc
@@ -212,17 +213,17 @@ def test_manifest_parses_typed_engines_and_appends_atomically(export_copy: Path)
     before = load_manifest(export_copy)
     assert before.engines == ()
     e1 = _entry_for(export_copy, gc.DETECTOR)
-    eng.append_engine_entries(export_copy, [e1])
+    append_engine_entries(export_copy, [e1])
     m = load_manifest(export_copy)  # still passes the integrity check: engines are not in `files`
     assert m.engines == (e1,) and isinstance(m.engines[0], eng.EngineEntry)
     assert m.to_json()["engines"] == [e1.to_json()]
     newer = replace(e1, sha256="ee" * 32, build={"created": "later"})
     other = _entry_for(export_copy, gc.TEXT_ENCODER)
-    eng.append_engine_entries(export_copy, [newer, other])
+    append_engine_entries(export_copy, [newer, other])
     assert load_manifest(export_copy).engines == (newer, other)  # same key replaced, not duplicated
     raw = (export_copy / MANIFEST_NAME).read_bytes()
     with pytest.raises(ManifestError, match="does not have"):
-        eng.append_engine_entries(export_copy, [entry(graph="tracker_step")])
+        append_engine_entries(export_copy, [entry(graph="tracker_step")])
     assert (export_copy / MANIFEST_NAME).read_bytes() == raw  # a rejected append changes nothing
     assert not [p for p in export_copy.iterdir() if p.name.endswith(".tmp.json")]
 
@@ -231,7 +232,7 @@ def _append_one(args: tuple[str, str]) -> None:
     model_dir, graph = args
     e = _entry_for(Path(model_dir), graph)
     for k in range(5):
-        eng.append_engine_entries(model_dir, [replace(e, build={"round": k})])
+        append_engine_entries(model_dir, [replace(e, build={"round": k})])
 
 
 def test_concurrent_appends_keep_every_entry(export_copy: Path) -> None:

@@ -108,11 +108,42 @@ def test_malformed_sections(export_copy: Path, change, message: str) -> None:
 
 def test_graph_file_that_belongs_to_another_graph(export_copy: Path) -> None:
     """Swap detector.onnx for the backbone file and fix the hashes: the runtime reads its I/O and refuses."""
+    from medsam3_export.manifest_writer import file_entry
+
     import medsam3_rt
-    from medsam3_rt.manifest import file_entry
 
     shutil.copy(export_copy / "image_backbone.onnx", export_copy / "detector.onnx")
     entry = file_entry(export_copy, "detector.onnx")
     _edit(export_copy, lambda d: d["files"].update({"detector.onnx": {"sha256": entry.sha256, "bytes": entry.bytes}}))
     with pytest.raises(ManifestError, match=r"detector.onnx declares inputs \['pixel_values'\]"):
         medsam3_rt.load(export_copy, "ort-cpu")
+
+
+def test_one_schema_file_shapes_the_manifest(tiny_export: Path) -> None:
+    """The shipped JSON Schema accepts a real manifest, rejects bad shapes with its own messages, and stays open in model.source."""
+    import jsonschema
+
+    from medsam3_rt.errors import ManifestError
+    from medsam3_rt.manifest import SCHEMA_FILE, check_schema, parse_manifest
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    base = json.loads((tiny_export / "manifest.json").read_text())
+    check_schema(base)
+
+    def message(edit) -> str:
+        data = json.loads(json.dumps(base))
+        edit(data)
+        with pytest.raises(ManifestError) as e:
+            parse_manifest(data)
+        return str(e.value)
+
+    assert message(lambda m: m["graphs"]["detector"].update(file=3)) == "manifest graph 'detector' needs a 'file'"
+    assert message(lambda m: m["files"].update({"x.onnx": {"sha256": "ab"}})) == "manifest file entry 'x.onnx' needs 'sha256' and 'bytes'"
+    assert message(lambda m: m["model"].update(source=[])) == "manifest 'model.source' must be an object"
+    # several problems: the first section in the schema's order is named
+    assert message(lambda m: (m.pop("producer"), m.pop("dims"))) == "manifest is missing its 'dims' section (or it is not a dict)"
+    # fields other engineers add to model.source need no schema change
+    data = json.loads(json.dumps(base))
+    data["model"]["source"]["adapter"] = {"kind": "lora", "rank": 8}
+    assert parse_manifest(data).model["source"]["adapter"]["rank"] == 8

@@ -1,4 +1,4 @@
-"""Bodies of `medsam3-rt train` and `medsam3-rt eval` (declared in `medsam3_rt.cli.train`).
+"""Bodies of `medsam3-rt train` and `medsam3-rt eval` (declared in `medsam3_training.commands`).
 
 Evaluating an export directory needs only the runtime: this module and the data code import
 torch lazily, so `medsam3-rt eval model/ --data data/` works after a runtime-only install.
@@ -13,8 +13,8 @@ from typing import Any
 
 from rich.markup import escape
 
-from medsam3_rt.cli._console import STATE, err_console, out_console
-from medsam3_rt.cli._console import say as _say
+from medsam3_rt.cli.console import STATE, err_console, out_console
+from medsam3_rt.cli.console import say as _say
 from medsam3_rt.errors import OutputExistsError, UsageError
 
 from .config import ConfigError, DatasetSpec, default_yaml, load_config, yaml_module
@@ -223,9 +223,9 @@ def eval_command(
 
 
 def _torch_predictor(ckpt: Path, device: str) -> Any:
-    from medsam3_rt.cli._plugins import export_module
+    from medsam3_rt.cli.console import import_optional
 
-    exp = export_module()
+    exp = import_optional("medsam3_export.checkpoint", "export", "evaluating a PyTorch checkpoint")
     from medsam3_export.tokenizer_files import checkpoint_tokenizer
 
     from .distributed import pick_device

@@ -141,42 +141,24 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     return count
 
 
-def _set_init_std(config: Any, std: float, seen: set[int] | None = None) -> None:
-    seen = seen if seen is not None else set()
-    if id(config) in seen:
-        return
-    seen.add(id(config))
-    if hasattr(config, "initializer_range"):
-        config.initializer_range = std
-    for value in vars(config).values():
-        if hasattr(value, "to_dict") and hasattr(value, "initializer_range"):
-            _set_init_std(value, std, seen)
-
-
 def random_model(cfg: RandomModelConfig):  # -> medsam3_export.LoadedCheckpoint
-    """A randomly initialised SAM3 of a preset geometry with optional field overrides."""
-    from medsam3_export.checkpoint import LoadedCheckpoint
+    """A randomly initialised SAM3 of a preset geometry with optional field overrides (built by export's one factory)."""
+    from medsam3_export.checkpoint import random_checkpoint
     from medsam3_export.presets import get_preset
-    from transformers import Sam3Model, Sam3VideoModel
 
     base = get_preset(cfg.preset)
     fields = {f.name for f in dataclasses.fields(base)}
     bad = sorted(set(cfg.overrides) - fields)
     if bad:
         raise ConfigError(f"model.random.overrides: unknown preset field '{bad[0]}'; known: {', '.join(sorted(fields - {'name'}))}")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.overrides.items()}
-    preset = dataclasses.replace(base, **overrides)
-    if preset.image_size % 14:
-        raise ConfigError(f"model.random.overrides.image_size must be a multiple of the 14-pixel patch, got {preset.image_size}")
-    config = preset.video_config() if cfg.video else preset.detector_config()
-    if cfg.init_std is not None:
-        _set_init_std(config, cfg.init_std)
-    torch.manual_seed(cfg.seed)
-    source = {"format": "random", "preset": cfg.preset, "overrides": dict(cfg.overrides), "seed": cfg.seed}
-    if cfg.video:
-        video = Sam3VideoModel(config)
-        return LoadedCheckpoint(video.detector_model, video, {**source, "class": "Sam3VideoModel"})
-    return LoadedCheckpoint(Sam3Model(config), None, {**source, "class": "Sam3Model"})
+    size = cfg.overrides.get("image_size", base.image_size)
+    if size % 14:
+        raise ConfigError(f"model.random.overrides.image_size must be a multiple of the 14-pixel patch, got {size}")
+    ckpt = random_checkpoint(cfg.preset, video=cfg.video, seed=cfg.seed, init_std=cfg.init_std, overrides=dict(cfg.overrides))
+    ckpt.detector.train()  # as constructed: training mode (random_checkpoint returns eval mode)
+    if ckpt.video is not None:
+        ckpt.video.train()
+    return ckpt
 
 
 def load_model(cfg: ModelConfig):  # -> medsam3_export.LoadedCheckpoint

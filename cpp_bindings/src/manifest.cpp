@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "error.h"
+#include "manifest_schema.h"
 #include "sha256.h"
 #include "version.h"
 
@@ -357,6 +358,7 @@ Manifest parse_manifest(const std::string& text, const std::string& root_in, con
                          ": upgrade libmedsam3rt");
     }
     m.schema_version = static_cast<int>(version.get<int64_t>());
+    check_manifest_schema(data);  // the shape: medsam3_rt/schemas/manifest.v1.json, as the Python reader
     // Unknown top-level keys are ignored (the Python runtime logs a warning).
     m.dims = parse_dims(section(data, "dims", json::value_t::object));
     const auto expected = gc::expected_specs(m.dims);

@@ -1,23 +1,5 @@
-"""Shared console state of the CLI (the library itself never prints)."""
+"""Deprecated alias of `medsam3_rt.cli.console` (kept so older command code keeps importing)."""
 
-from __future__ import annotations
+from .console import STATE, err_console, out_console, say
 
-from dataclasses import dataclass
-
-from rich.console import Console
-
-
-@dataclass
-class _State:
-    quiet: bool = False
-    debug: bool = False
-
-
-STATE = _State()
-err_console = Console(stderr=True)
-out_console = Console()
-
-
-def say(message: str) -> None:
-    if not STATE.quiet:
-        err_console.print(message, highlight=False, soft_wrap=True)
+__all__ = ["STATE", "err_console", "out_console", "say"]

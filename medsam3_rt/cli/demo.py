@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._console import STATE, out_console, say
+from .console import STATE, out_console, say
 
 
 def demo(

@@ -9,7 +9,7 @@ import typer
 
 from .. import backends
 from ..manifest import load_manifest
-from ._console import out_console
+from .console import out_console
 
 
 def info(

@@ -1,4 +1,10 @@
-"""`medsam3-rt`: export, segment, info, prompts (and the commands other extras add).
+"""`medsam3-rt`: segment, info, prompts, demo, and the commands other packages register.
+
+The runtime's own commands are defined in this package. Every other command (`export`,
+`build`, `train`, `eval`, `bench`, ...) registers itself in the `medsam3_rt.commands`
+entry-point group and is imported only when it runs or when help lists it; this module
+never names those packages. A command whose package or extra is missing answers with one
+line naming the extra to install.
 
 `run()` turns every `Medsam3Error` into one line on stderr and its documented exit code;
 anything else is a bug and says so (with the traceback under --debug).
@@ -8,20 +14,90 @@ from __future__ import annotations
 
 import logging
 import sys
+from importlib import metadata
+from typing import Any
 
 import typer
 from rich.markup import escape
 
 from .._version import __version__
-from ..errors import Medsam3Error
-from . import bench, build, demo, info, prompts, segment, train
-from ._console import STATE, err_console, say
+from ..errors import Medsam3Error, MissingDependencyError
+from . import demo, info, prompts, segment
+from .console import STATE, err_console, extra_hint
+
+COMMAND_GROUP = "medsam3_rt.commands"
+# Commands of the full install and the extra that brings each one's dependencies; used only to
+# answer with an install hint when a command's entry point is absent.
+KNOWN_COMMANDS = {"export": "export", "build": "export", "train": "train", "eval": "train", "bench": "bench"}
+
+
+def command_entry_points() -> dict[str, metadata.EntryPoint]:
+    """Commands registered by installed packages (metadata only: nothing is imported)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=COMMAND_GROUP)}
+
+
+def _single_command(name: str, func: Any, **settings: Any) -> Any:
+    app = typer.Typer(add_completion=False)
+    app.command(name, **settings)(func)
+    return typer.main.get_command(app)
+
+
+def _unavailable(name: str, message: str, short: str) -> Any:
+    """A stand-in for a command that cannot load: help lists it with `short`; running it fails with `message`."""
+
+    def unavailable(ctx: typer.Context) -> None:
+        raise MissingDependencyError(message)
+
+    settings = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+    return _single_command(name, unavailable, help=escape(f"({short})"), context_settings=settings)
+
+
+def load_command(name: str, ep: metadata.EntryPoint | None) -> Any:
+    """The click command of a registered command (None: no such command).
+
+    The entry point names a `typer.Typer` holding that one command (or a group of subcommands)
+    or a plain function, which becomes a command as `app.command()` would make it.
+    """
+    extra = (ep.extras[0] if ep is not None and ep.extras else None) or KNOWN_COMMANDS.get(name)
+    what = f"`medsam3-rt {name}`"
+    if ep is None:
+        if extra is None:
+            return None
+        return _unavailable(name, extra_hint(extra, what, "its package"), f"not installed: needs the '{extra}' extra")
+    try:
+        obj = ep.load()
+    except ModuleNotFoundError as e:
+        missing = e.name or str(e)
+        if extra is None:
+            return _unavailable(name, f"{what} cannot load: {missing} is not installed", f"not available: {missing} is not installed")
+        return _unavailable(name, extra_hint(extra, what, missing), f"not available: needs the '{extra}' extra")
+    cmd = typer.main.get_command(obj) if isinstance(obj, typer.Typer) else _single_command(name, obj)
+    cmd.name = name
+    return cmd
+
+
+class _PluginGroup(typer.core.TyperGroup):
+    """The built-in commands plus those in the `medsam3_rt.commands` group, each loaded on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        builtin = super().list_commands(ctx)
+        return builtin + sorted(n for n in {*command_entry_points(), *KNOWN_COMMANDS} if n not in builtin)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None:
+            cmd = load_command(cmd_name, command_entry_points().get(cmd_name))
+            if cmd is not None:
+                self.commands[cmd_name] = cmd
+        return cmd
+
 
 app = typer.Typer(
     name="medsam3-rt",
     help="Text-prompted medical image segmentation with SAM3-architecture models. Research use only: not a medical device.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_PluginGroup,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -50,35 +126,8 @@ def main(
 
 app.command("segment", no_args_is_help=True)(segment.segment)
 app.command("info", no_args_is_help=True)(info.info)
-app.command("train")(train.train_command)
-app.command("eval", no_args_is_help=True)(train.eval_command)
-app.command("build", no_args_is_help=True)(build.build)
 app.command("demo")(demo.demo)
-app.command("bench", no_args_is_help=True)(bench.bench)
 app.add_typer(prompts.app, name="prompts")
-
-
-@app.command("export", no_args_is_help=True)
-def export(
-    checkpoint: str = typer.Argument(..., help="Hugging Face SAM3 directory (config.json + *.safetensors) or a sam3.pt file."),
-    output: str = typer.Option(..., "--output", "-o", help="Export directory to create."),
-    config: str | None = typer.Option(None, "--config", help="Geometry of a sam3.pt: a preset (tiny, small, full) or a config.json."),
-    opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset (>= 18 for antialiased Resize)."),
-    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
-    random: bool = typer.Option(False, "--random", help="CHECKPOINT names a preset; export random weights (tests, benchmarks)."),
-) -> None:
-    """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
-    from ._plugins import export_module
-
-    exp = export_module()
-    with err_console.status("exporting") as status:
-
-        def progress(msg: str) -> None:
-            status.update(msg)
-            say(msg)
-
-        source = exp.random_checkpoint(checkpoint) if random else checkpoint
-        exp.export_model(source, output, config=config, options=exp.ExportOptions(opset=opset, overwrite=force), progress=progress)
 
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v", "--debug")

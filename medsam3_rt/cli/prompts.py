@@ -12,7 +12,7 @@ from ..errors import OutputExistsError, UsageError
 from ..model import Model
 from ..prompt_pack import SUFFIX, PromptPack, read_prompt_pack, write_prompt_pack
 from ..tokenizer import as_prompt_list, normalize_prompt
-from ._console import out_console, say
+from .console import out_console, say
 
 app = typer.Typer(help="Prompt packs: text embeddings computed once, loaded without tokenizer or text encoder.", no_args_is_help=True)
 

@@ -26,8 +26,8 @@ from ..preprocess import IntensityWindow, parse_window
 from ..segmenter import Segmenter, SegmentResult, load
 from ..tokenizer import as_prompt_list
 from ..tracker.settings import StreamOptions
-from ._console import STATE, err_console, out_console, say
 from ._sequences import VIDEO_OUTPUTS, VOLUME_OUTPUTS, run_video, run_volume
+from .console import STATE, err_console, out_console, say
 
 OUTPUT_SUFFIXES = (".mask.png", ".overlay.png", ".json")
 

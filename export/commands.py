@@ -1,7 +1,7 @@
-"""`medsam3-rt build`: TensorRT engines for an export directory (needs the `export` and `trt` extras).
+"""The `export` and `build` commands of `medsam3-rt` (registered in the `medsam3_rt.commands` entry-point group).
 
-The builder lives in `medsam3_export.tensorrt_build` and is imported only when this command
-runs, so `medsam3-rt --help` and the runtime stay free of torch and TensorRT.
+This module imports only typer and the runtime: torch, onnx and TensorRT are imported when a
+command runs, so `medsam3-rt --help` stays fast and a missing extra is a one-line error.
 """
 
 from __future__ import annotations
@@ -10,13 +10,38 @@ from pathlib import Path
 
 import typer
 
-from ..engines import AXIS_DEFAULTS, parse_axis_override
-from ._console import out_console, say
-from ._plugins import _optional
+from medsam3_rt.cli.console import err_console, import_optional, out_console, say
+from medsam3_rt.engines import AXIS_DEFAULTS, parse_axis_override
+
+export_app = typer.Typer(add_completion=False)
+build_app = typer.Typer(add_completion=False)
 
 _AXES_HELP = ", ".join(f"{k}={r.min}:{r.opt}:{r.max}" for k, r in AXIS_DEFAULTS.items())
 
 
+@export_app.command("export", no_args_is_help=True)
+def export(
+    checkpoint: str = typer.Argument(..., help="Hugging Face SAM3 directory (config.json + *.safetensors) or a sam3.pt file."),
+    output: str = typer.Option(..., "--output", "-o", help="Export directory to create."),
+    config: str | None = typer.Option(None, "--config", help="Geometry of a sam3.pt: a preset (tiny, small, full) or a config.json."),
+    opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset (>= 18 for antialiased Resize)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+    random: bool = typer.Option(False, "--random", help="CHECKPOINT names a preset; export random weights (tests, benchmarks)."),
+) -> None:
+    """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
+    exp = import_optional("medsam3_export.exporter", "export", "`medsam3-rt export`")
+    ckpt = import_optional("medsam3_export.checkpoint", "export", "`medsam3-rt export`")
+    with err_console.status("exporting") as status:
+
+        def progress(msg: str) -> None:
+            status.update(msg)
+            say(msg)
+
+        source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
+        exp.export_model(source, output, config=config, options=exp.ExportOptions(opset=opset, overwrite=force), progress=progress)
+
+
+@build_app.command("build", no_args_is_help=True)
 def build(
     model_dir: Path = typer.Argument(..., help="Export directory (from `medsam3-rt export`)."),
     precision: str = typer.Option("fp16", "--precision", help="fp16, bf16 or fp32 (fp32 disables TF32)."),
@@ -38,7 +63,7 @@ def build(
 ) -> None:
     """Build one TensorRT engine per graph, gate its accuracy against fp32, record it in manifest.json."""
     axes = dict(parse_axis_override(a) for a in axis)
-    tb = _optional("medsam3_export.tensorrt_build", "export", "`medsam3-rt build`")
+    tb = import_optional("medsam3_export.tensorrt_build", "export", "`medsam3-rt build`")
     options = tb.BuildOptions(
         precision=precision,
         int8=int8,

@@ -1,8 +1,8 @@
-"""`medsam3-rt bench MODEL_DIR`: per-stage latency, throughput and memory, backends side by side.
+"""`medsam3-rt bench MODEL_DIR` (registered in the `medsam3_rt.commands` entry-point group).
 
-The measuring lives in `medsam3_rt.benchmark` (torch-free); the transformers baseline is
-imported from the export extra only when it is asked for (`--baseline on`) or, with the
-default `auto`, when that package is installed.
+The measuring lives in `medsam3_bench.runner` (torch-free); the transformers baseline is a
+registered candidate, loaded only when it is asked for (`--baseline on`) or, with the default
+`auto`, when its package and extra are installed.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from pathlib import Path
 
 import typer
 
-from ..benchmark import CURVE_LENGTHS, BenchConfig, run_benchmark, to_markdown, validate, write_plots
-from ..errors import UsageError
-from ..io.atomic import atomic_write_text
-from ._console import out_console, say
+from medsam3_rt.cli.console import out_console, say
+from medsam3_rt.errors import UsageError
+from medsam3_rt.io.atomic import atomic_write_text
+
+from .report import to_markdown, write_plots
+from .runner import BenchConfig, run_benchmark
+from .schema import CURVE_LENGTHS, validate
+
+bench_app = typer.Typer(add_completion=False)
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -28,6 +33,7 @@ def _hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+@bench_app.command("bench", no_args_is_help=True)
 def bench(
     model_dir: Path = typer.Argument(..., help="Export directory (manifest.json + graphs)."),
     backend: list[str] = typer.Option(

@@ -1,20 +1,24 @@
-"""`medsam3-rt train` and `medsam3-rt eval`: declared here, run by `medsam3_training` (imported lazily).
+"""The `train` and `eval` commands of `medsam3-rt` (registered in the `medsam3_rt.commands` entry-point group).
 
-The runtime stays torch-free: nothing of `medsam3_training` is imported until a command runs,
-and a missing extra is a one-line error naming it.
+Their bodies live in `medsam3_training.cli`, imported when a command runs: listing the
+commands stays torch-free, and evaluating an export directory needs only the runtime.
 """
 
 from __future__ import annotations
 
 import typer
 
-from ._plugins import _optional
+from medsam3_rt.cli.console import import_optional
+
+train_app = typer.Typer(add_completion=False)
+eval_app = typer.Typer(add_completion=False)
 
 
 def _training_cli():
-    return _optional("medsam3_training.cli", "train", "`medsam3-rt train` / `medsam3-rt eval`")
+    return import_optional("medsam3_training.cli", "train", "`medsam3-rt train` / `medsam3-rt eval`")
 
 
+@train_app.command("train")
 def train_command(
     config: str | None = typer.Option(None, "--config", "-c", help="The run's YAML (datasets, model, recipe overrides)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in output_dir from its last/ checkpoint, exactly."),
@@ -28,6 +32,7 @@ def train_command(
     _training_cli().train_command(config, resume=resume, output=output, overrides=overrides, print_config=print_config)
 
 
+@eval_app.command("eval", no_args_is_help=True)
 def eval_command(
     checkpoint: str = typer.Argument(..., help="A PyTorch checkpoint folder (e.g. run/best) or an export directory."),
     output: str = typer.Option(..., "--output", "-o", help="Report folder (report.json + report.md)."),

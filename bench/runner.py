@@ -1,10 +1,10 @@
-"""`medsam3-rt bench`: per-stage latency, throughput and memory of backends side by side.
+"""`medsam3-rt bench`: per-stage latency, throughput and memory of candidates side by side.
 
 One process runs every candidate on the same synthetic inputs:
 
 - the transformers baseline (eager fp32 `Sam3Model` for images, `Sam3VideoModel` streaming for
-  slices), loaded lazily from `medsam3_export.bench_baseline` when the export extra is installed;
-  this module never imports torch;
+  slices), registered by `medsam3_export` in the `medsam3_bench.candidates` entry-point group and
+  loaded only when asked for; this package never imports torch;
 - each requested backend of medsam3-rt (ort-cpu, openvino, torch, GPU backends).
 
 Rounds are interleaved (candidate A, B, C, then A, B, C, ...), so load from other processes on
@@ -15,22 +15,18 @@ a shared machine hits every candidate alike; ratios are medians of per-round rat
   stream:      io, preprocess, backbone, detector, tracker, merge_memory, postprocess
 
 `io` is reading the input PNG and writing the label-map PNG (the same code for everyone).
-The result is a JSON document (schema `medsam3_rt/schemas/bench.v1.json`, described in
-benchmarks/README.md), a markdown summary and optional PNG plots (matplotlib).
+The result is a JSON document (schema `medsam3_bench/schemas/bench.v1.json`, described in
+benchmarks/README.md), a markdown summary and optional PNG plots (matplotlib): see `report`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import gc as _gc
-import importlib
-import json
 import logging
-import math
 import sys
 import tempfile
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,26 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from . import graph_contract as gc
-from ._version import __version__
-from .backends import BackendOptions
-from .errors import MissingDependencyError, UsageError
-from .io.images import read_image, write_png
-from .manifest import Manifest, load_manifest
-from .postprocess import sigmoid
-from .preprocess import pixel_values
-from .profiling import RssSampler, Stopwatch, gpu_memory_used_bytes, machine_info, median_ratio, rss_bytes, summarize
+from medsam3_rt._version import __version__
+from medsam3_rt.backends import BackendOptions
+from medsam3_rt.errors import MissingDependencyError, UsageError
+from medsam3_rt.io.images import read_image, write_png
+from medsam3_rt.manifest import Manifest, load_manifest
+from medsam3_rt.profiling import RssSampler, machine_info, median_ratio, rss_bytes, summarize
 
-log = logging.getLogger(__name__)
+from .candidates import BASELINE_NAME, Candidate, ImageOutput, RuntimeCandidate, StreamHandle, StreamPolicy, expand_backends, load_baseline
+from .schema import CURVE_LENGTHS, IMAGE_STAGES, SCHEMA_ID, STREAM_STAGES, TEXT_MISS_STAGES
 
-SCHEMA_ID = "medsam3-rt.bench/1"
-SCHEMA_FILE = Path(__file__).parent / "schemas" / "bench.v1.json"
-BASELINE_NAME = "transformers"
-BASELINE_MODULE = "medsam3_export.bench_baseline"
-IMAGE_STAGES = ("io", "preprocess", "text", "backbone", "detector", "postprocess")
-TEXT_MISS_STAGES = ("tokenize", "text_encoder")
-STREAM_STAGES = ("io", "preprocess", "backbone", "detector", "tracker", "merge_memory", "postprocess", "other")
-CURVE_LENGTHS = (50, 100, 200, 400)
+log = logging.getLogger("medsam3_bench")
+
 Progress = Callable[[str], None]
 
 
@@ -79,199 +67,6 @@ def synthetic_slice(index: int, hw: tuple[int, int] = (512, 512), seed: int = 0)
         img = np.where((yy - yc) ** 2 + (xx - xc) ** 2 < rr * rr, v, img)
     noise = np.random.default_rng(seed * 1_000_003 + index).normal(0, 4, (h, w))
     return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class StreamPolicy:
-    """What both sides of a streaming comparison are told to do, so they do the same work.
-
-    transformers' Sam3VideoModel runs detection NMS and hole filling only with an optional hub
-    kernel (CUDA); without it both are skipped. The comparison switches them off on both sides.
-    `max_objects` caps tracked objects on both sides; thresholds apply to both.
-    """
-
-    detection_threshold: float
-    new_object_threshold: float
-    max_objects: int
-    nms: bool = False
-    fill_holes: bool = False
-    thresholds_from: str = "model"
-
-
-@dataclass
-class ImageOutput:
-    masks: np.ndarray  # (P, H, W) bool
-    scores: np.ndarray  # (P,)
-
-
-@dataclass
-class StreamOutput:
-    label_map: np.ndarray  # (H, W) uint8
-    objects: int  # tracked objects after this slice
-
-
-# -- candidates -----------------------------------------------------------------------------
-class StreamHandle(ABC):
-    @abstractmethod
-    def push(self, frame: np.ndarray) -> tuple[dict[str, float], StreamOutput]: ...
-
-    @abstractmethod
-    def tracker_step(self) -> tuple[float, dict[str, int]] | None:
-        """Time one tracker step alone on the current memory (nothing is changed); None without objects."""
-
-    def state_bytes(self) -> int | None:
-        return None
-
-    def close(self) -> None:  # noqa: B027 - optional
-        pass
-
-
-class Candidate(ABC):
-    """One thing being measured: the baseline or one medsam3-rt backend."""
-
-    name: str
-    kind: str  # "baseline" | "medsam3-rt"
-
-    @abstractmethod
-    def load(self) -> None: ...
-
-    @abstractmethod
-    def describe(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def detection_probs(self, image: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        """(P, Q) detection probabilities (sigmoid(logit) x sigmoid(presence)) of one image."""
-
-    @abstractmethod
-    def text_miss(self, prompts: Sequence[str]) -> dict[str, float]:
-        """Milliseconds of tokenize and text_encoder for `prompts` with nothing cached."""
-
-    @abstractmethod
-    def segment(self, image: np.ndarray, prompts: Sequence[str]) -> tuple[dict[str, float], ImageOutput]:
-        """One 2D segmentation with the prompts' text embeddings cached; ms per stage."""
-
-    @abstractmethod
-    def stream(self, prompts: Sequence[str], hw: tuple[int, int], policy: StreamPolicy) -> StreamHandle: ...
-
-    def gpu_memory_bytes(self) -> int | None:
-        return gpu_memory_used_bytes()
-
-    def close(self) -> None:  # noqa: B027 - optional
-        pass
-
-
-class RuntimeCandidate(Candidate):
-    """medsam3-rt on one backend: `medsam3_rt.load(...)`, stage by stage as `Segmenter.segment` runs them."""
-
-    kind = "medsam3-rt"
-
-    def __init__(self, model_dir: Path, backend: str, options: BackendOptions) -> None:
-        self.model_dir = model_dir
-        self.name = backend
-        self.backend = backend
-        self.options = options
-        self.seg: Any = None
-
-    def load(self) -> None:
-        from .segmenter import load
-
-        self.seg = load(self.model_dir, self.backend, options=self.options, verify="size")
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "backend": self.backend,
-            "description": getattr(self.seg.model.backend, "description", self.backend) if self.seg else self.backend,
-            "threads": self.options.intra_op_threads,
-        }
-
-    def detection_probs(self, image: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        m = self.seg.model
-        out = m.detect(m.encode_image(pixel_values(image, m.manifest.preprocess)), m.text_batch(list(prompts)))
-        return sigmoid(out[gc.PRED_LOGITS]) * sigmoid(out[gc.PRESENCE_LOGITS])
-
-    def text_miss(self, prompts: Sequence[str]) -> dict[str, float]:
-        m = self.seg.model
-        sw = Stopwatch()
-        ids, attn = m.tokenizer.encode(list(prompts))
-        sw.lap("tokenize")
-        m.run(gc.TEXT_ENCODER, {gc.INPUT_IDS: ids, gc.ATTENTION_MASK: attn})
-        sw.lap("text_encoder")
-        return sw.ms
-
-    def segment(self, image: np.ndarray, prompts: Sequence[str]) -> tuple[dict[str, float], ImageOutput]:
-        seg, m = self.seg, self.seg.model
-        sw = Stopwatch()
-        text = m.text_batch(list(prompts))
-        sw.lap("text")
-        pixels = pixel_values(image, m.manifest.preprocess)
-        sw.lap("preprocess")
-        features = m.encode_image(pixels)
-        sw.lap("backbone")
-        out = m.detect(features, text)
-        sw.lap("detector")
-        res = seg._postprocess(list(prompts), out, image.shape[:2], 0.0)
-        sw.lap("postprocess")
-        return sw.ms, ImageOutput(res["masks"], res["scores"])
-
-    def stream(self, prompts: Sequence[str], hw: tuple[int, int], policy: StreamPolicy) -> StreamHandle:
-        from .tracker.settings import StreamOptions
-
-        opts = StreamOptions(
-            nms=policy.nms,
-            fill_holes=policy.fill_holes,
-            max_objects=policy.max_objects,
-            detection_threshold=policy.detection_threshold,
-            new_object_threshold=policy.new_object_threshold,
-        )
-        return _RuntimeStream(self.seg.stream(list(prompts), options=opts))
-
-    def close(self) -> None:
-        if self.seg is not None:
-            self.seg.close()
-            self.seg = None
-
-
-class _RuntimeStream(StreamHandle):
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self._last: np.ndarray | None = None
-
-    def push(self, frame: np.ndarray) -> tuple[dict[str, float], StreamOutput]:
-        res = self.stream.push(frame)
-        self._last = frame
-        ms = {("merge_memory" if k == "merge+memory" else k): v for k, v in res.timings_ms.items()}
-        return ms, StreamOutput(res.label_map, self.stream.num_objects)
-
-    def tracker_step(self) -> tuple[float, dict[str, int]] | None:
-        from .tracker.memory import gather
-
-        st = self.stream
-        tracks = list(st._tracks.values())
-        if not tracks or self._last is None:
-            return None
-        m = st.model
-        feats = m.encode_image(pixel_values(self._last, m.manifest.preprocess, st.window))
-        trk = {k: feats[k] for k in gc.TRK_FEATURES}
-        s = st.settings
-        t0 = time.perf_counter()
-        feeds = gather(
-            tracks,
-            st.frame_index,
-            num_maskmem=s.num_maskmem,
-            max_pointers=s.max_object_pointers_in_encoder,
-            hw=st._hw,
-            mem_dim=st._mem,
-            channels=st._c,
-        )
-        m.run(gc.TRACKER_STEP, {**trk, **feeds})
-        ms = (time.perf_counter() - t0) * 1e3
-        n, mm = feeds[gc.MEM_FEATS].shape[:2]
-        return ms, {"objects": int(n), "memories": int(mm), "pointers": int(feeds[gc.OBJ_PTRS].shape[1])}
-
-    def state_bytes(self) -> int | None:
-        return int(self.stream.state_nbytes())
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -309,37 +104,6 @@ def _usable_cpus() -> int:
         import os
 
         return os.cpu_count() or 1
-
-
-def expand_backends(names: Sequence[str], manifest: Manifest) -> list[str]:
-    """`available` -> every backend that runs here (and `torch` when its package imports)."""
-    from .backends import BACKENDS, plugin_backends
-
-    out: list[str] = []
-    for name in names:
-        if name != "available":
-            out.append(name)
-            continue
-        for cand, cls in BACKENDS.items():
-            if cls.probe().ok and cls.supports(manifest).ok:
-                out.append(cand)
-        if "torch" in plugin_backends():
-            try:
-                importlib.import_module("medsam3_export.torch_backend")
-                out.append("torch")
-            except ImportError:
-                pass
-    return list(dict.fromkeys(out))
-
-
-def _load_baseline(cfg: BenchConfig, manifest: Manifest, threads: int) -> Candidate:
-    try:
-        mod = importlib.import_module(BASELINE_MODULE)
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the transformers baseline needs the 'export' extra ({e.name or e} is not installed): pip install 'medsam3-rt[export]'"
-        ) from None
-    return mod.TransformersCandidate(cfg.model_dir, manifest, checkpoint=cfg.checkpoint, threads=threads)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -502,8 +266,8 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
     notes: list[str] = []
     if cfg.baseline in ("auto", "on"):
         try:
-            candidates.append(_load_baseline(cfg, manifest, threads))
-        except MissingDependencyError as e:
+            candidates.append(load_baseline(BASELINE_NAME, cfg.model_dir, manifest, checkpoint=cfg.checkpoint, threads=threads))
+        except (MissingDependencyError, UsageError) as e:  # auto: measure without it and say why
             if cfg.baseline == "on":
                 raise
             notes.append(f"baseline skipped: {e.message}")
@@ -801,228 +565,3 @@ def _speedup(baseline: Sequence[float], candidate: Sequence[float]) -> float | N
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-# -- outputs ---------------------------------------------------------------------------------
-def validate(result: dict[str, Any], *, required: bool = True) -> bool:
-    """Check `result` against the JSON schema; False (not checked) without jsonschema unless `required`."""
-    try:
-        import jsonschema
-    except ImportError as e:  # pragma: no cover - dev extra
-        if required:
-            raise MissingDependencyError("validating benchmark JSON needs jsonschema: pip install jsonschema") from e
-        return False
-    jsonschema.validate(result, json.loads(SCHEMA_FILE.read_text()))
-    return True
-
-
-def _fmt_ms(s: dict[str, Any] | None, key: str = "p50") -> str:
-    if not s or s.get("n", 0) == 0:
-        return "-"
-    v = s[key]
-    return f"{v / 1e3:.2f} s" if v >= 1e4 else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
-
-
-def _fmt_x(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}x"
-
-
-def _mb(b: int | None) -> str:
-    return "-" if b is None else f"{b / 2**20:.0f}"
-
-
-def to_markdown(result: dict[str, Any]) -> str:
-    """Tables of the result: latency (ms) per stage, speedups vs the baseline, memory, cold start."""
-    m = result["machine"]
-    s = result["settings"]
-    lines = [
-        f"# medsam3-rt bench: {result['model']['name']} ({_model_label(result)})",
-        "",
-        f"Machine: {m['cpu_model']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs"
-        + (f", GPU {', '.join(g['name'] for g in m['gpus'])}" if m.get("gpus") else ", no GPU")
-        + f"; load average at start {m.get('load_average_at_start')}; {m['os']}, Python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
-        "",
-        f"Prompts {s['prompts']}, image {s['image_hw'][0]}x{s['image_hw'][1]}, {s['threads']} threads, "
-        f"{s['warmup']} warm-up + {s['image_rounds']} image rounds, {s['stream_slices']} streaming slices, "
-        "interleaved. Times in ms (p50 unless said), speedup = baseline time / candidate time (median of per-round ratios).",
-        "",
-    ]
-    cands = [c for c in result["candidates"] if c["available"]]
-    sp = result.get("speedup_vs_baseline") or {}
-    base = result.get("baseline")
-    for section, title, stages in (
-        ("image", "Image (2D), prompt cache hit", IMAGE_STAGES),
-        ("stream", "Streaming, per slice", STREAM_STAGES),
-    ):
-        rows = [c for c in cands if section in c]
-        if not rows:
-            continue
-        lines += [f"## {title}", ""]
-        head = ["candidate", "p50", "p95", "p99", "mean", "per s", "speedup", *stages]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for c in rows:
-            sec = c[section]
-            e2e = sec["end_to_end_ms"]
-            x = 1.0 if c["name"] == base else (sp.get(c["name"], {}).get(f"{section}_end_to_end"))
-            cells = [
-                c["name"],
-                _fmt_ms(e2e),
-                _fmt_ms(e2e, "p95"),
-                _fmt_ms(e2e, "p99"),
-                _fmt_ms(e2e, "mean"),
-                f"{sec['throughput_per_s']:.2f}",
-                "baseline" if c["name"] == base else _fmt_x(x),
-            ]
-            for st in stages:
-                v = _fmt_ms(sec["stages_ms"].get(st))
-                r = None if c["name"] == base else sp.get(c["name"], {}).get(f"{section}_stages", {}).get(st)
-                cells.append(v if r is None else f"{v} ({_fmt_x(r)})")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    img = [c for c in cands if "image" in c]
-    if img:
-        lines += [
-            "## Prompt cache: text for all prompts",
-            "",
-            "| candidate | hit (lookup) | miss: tokenize | miss: text encoder | image end to end, miss |",
-            "|---|---|---|---|---|",
-        ]
-        for c in img:
-            t = c["image"]
-            lines.append(
-                f"| {c['name']} | {_fmt_ms(t['stages_ms'].get('text'))} | {_fmt_ms(t['text_cache_miss_ms'].get('tokenize'))} | "
-                f"{_fmt_ms(t['text_cache_miss_ms'].get('text_encoder'))} | {_fmt_ms(t['end_to_end_cache_miss_ms'])} |"
-            )
-        lines.append("")
-    trk = [c for c in cands if "tracker_step" in c]
-    if trk:
-        lines += ["## Tracker step alone", "", "| candidate | p50 | speedup | objects | memories | pointers |", "|---|---|---|---|---|---|"]
-        for c in trk:
-            t = c["tracker_step"]
-            x = "baseline" if c["name"] == base else _fmt_x(sp.get(c["name"], {}).get("tracker_step"))
-            shape = " | ".join(str(t.get(k, "-")) for k in ("objects", "memories", "pointers"))
-            lines.append(f"| {c['name']} | {_fmt_ms(t['ms'])} | {x} | {shape} |")
-        lines.append("")
-    lines += [
-        "## Cold start and memory",
-        "",
-        "| candidate | load ms | first image ms | RSS after load MB | peak RSS over start MB | GPU MB |",
-        "|---|---|---|---|---|---|",
-    ]
-    for c in result["candidates"]:
-        if not c["available"]:
-            lines.append(f"| {c['name']} | unavailable: {str(c['error']).splitlines()[0][:80]} | | | | |")
-            continue
-        cs = c["cold_start_ms"] or {}
-        mem = c["memory"]
-        lines.append(
-            f"| {c['name']} | {cs.get('load', 0):.0f} | {cs.get('first_image', 0):.0f} | {_mb(mem['load_rss_delta_bytes'])} | "
-            f"{_mb(mem['peak_rss_delta_bytes'])} | {_mb(mem['gpu_bytes'])} |"
-        )
-    lines.append("")
-    agr = result.get("agreement_with_baseline") or {}
-    if agr:
-        lines += [
-            "## Agreement with the baseline",
-            "",
-            "| candidate | image mask IoU | max score diff | stream label IoU mean / min | same object counts |",
-            "|---|---|---|---|---|",
-        ]
-        for name, a in agr.items():
-
-            def f(v: Any, spec: str = ".4f") -> str:
-                return "-" if v is None else format(v, spec) if isinstance(v, float) else str(v)
-
-            lines.append(
-                f"| {name} | {f(a.get('image_mask_iou_mean'))} | {f(a.get('image_score_max_abs_diff'), '.2e')} | "
-                f"{f(a.get('stream_label_iou_mean'))} / {f(a.get('stream_label_iou_min'))} | {f(a.get('stream_objects_equal'))} |"
-            )
-        lines.append("")
-    curve = result.get("curve")
-    if curve and curve.get("runs"):
-        lines += [
-            "## Streaming cost curve",
-            "",
-            "| candidate | slices | median ms early / late | late/early | slope ms per 100 slices | RSS growth MB | "
-            + " | ".join(f"total {L} slices s" for L in CURVE_LENGTHS)
-            + " |",
-            "|---|---|---|---|---|---|" + "---|" * len(CURVE_LENGTHS),
-        ]
-        for name, run in curve["runs"].items():
-            a = run["analysis"]
-            totals = [f"{run['totals_ms'][str(L)] / 1e3:.1f}" if str(L) in run["totals_ms"] else "-" for L in CURVE_LENGTHS]
-            lines.append(
-                f"| {name} | {run['slices']} | {a['median_early_ms']:.0f} / {a['median_late_ms']:.0f} | {a['late_over_early']:.2f} | "
-                f"{a['latency_slope_ms_per_100_slices']:.1f} | {a['rss_growth_bytes'] / 2**20:.1f} | " + " | ".join(totals) + " |"
-            )
-        lines.append("")
-    for n in result.get("notes") or []:
-        lines.append(f"- {n}")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _model_label(result: dict[str, Any]) -> str:
-    src = result["model"]["source"]
-    if src.get("format") == "random":
-        return f"preset {src.get('preset')}, random weights, {result['model']['dims']['image_size']} px"
-    return f"{src.get('format')} checkpoint, {result['model']['dims']['image_size']} px"
-
-
-def write_plots(result: dict[str, Any], path: Path) -> list[Path]:
-    """Stage-breakdown bar chart at `path`; with a curve also `<stem>.curve.png`. Needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise MissingDependencyError("plots need matplotlib: pip install 'medsam3-rt[bench]'") from e
-    written = []
-    cands = [c for c in result["candidates"] if c["available"]]
-    sections = [(s, st) for s, st in (("image", IMAGE_STAGES), ("stream", STREAM_STAGES)) if any(s in c for c in cands)]
-    fig, axes = plt.subplots(1, max(1, len(sections)), figsize=(6.5 * max(1, len(sections)), 4.2), squeeze=False)
-    colors = plt.get_cmap("tab10")
-    for ax, (section, stages) in zip(axes[0], sections):
-        rows = [c for c in cands if section in c]
-        bottoms = np.zeros(len(rows))
-        for k, st in enumerate(stages):
-            vals = np.array([c[section]["stages_ms"].get(st, {}).get("p50", 0.0) for c in rows]) / 1e3
-            ax.bar([c["name"] for c in rows], vals, bottom=bottoms, label=st, color=colors(k % 10))
-            bottoms += vals
-        for x, (c, b) in enumerate(zip(rows, bottoms)):
-            sp = (result.get("speedup_vs_baseline") or {}).get(c["name"], {}).get(f"{section}_end_to_end")
-            if sp:
-                ax.text(x, b, f"{sp:.2f}x", ha="center", va="bottom", fontsize=9)
-        ax.set_ylabel("seconds (p50 per stage)")
-        ax.set_title(f"{'2D image' if section == 'image' else 'streaming slice'}: {result['model']['name']}")
-        ax.tick_params(axis="x", labelrotation=20)
-        ax.legend(fontsize=7)
-    fig.suptitle(_model_label(result) + f" - {result['machine']['cpu_model']}, {result['settings']['threads']} threads", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-    curve = result.get("curve")
-    if curve and curve.get("runs"):
-        cpath = path.with_name(path.stem + ".curve.png")
-        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.2))
-        for name, run in curve["runs"].items():
-            lat = np.asarray(run["latency_ms"]) / 1e3
-            a1.plot(np.arange(len(lat)), lat, lw=0.8, label=name)
-            a2.plot(np.arange(len(lat)), (np.asarray(run["rss_bytes"]) - run["rss_at_start_bytes"]) / 2**20, lw=0.8, label=name)
-            (line,) = a3.plot(np.arange(1, len(lat) + 1), np.cumsum(lat), lw=1.0, label=name)
-            lens = [int(k) for k in run["totals_ms"]]
-            a3.plot(lens, [run["totals_ms"][str(L)] / 1e3 for L in lens], "o", color=line.get_color())
-        a1.set(xlabel="slice index", ylabel="seconds per slice", title="latency vs slice")
-        a2.set(xlabel="slice index", ylabel="RSS growth since slice 0 (MB)", title="memory vs slice")
-        a3.set(xlabel="volume length (slices)", ylabel="total seconds", title="total time vs volume length")
-        for a in (a1, a2, a3):
-            a.legend(fontsize=8)
-            a.grid(alpha=0.3)
-        fig.suptitle(_model_label(result), fontsize=9)
-        fig.tight_layout()
-        fig.savefig(cpath, dpi=110)
-        plt.close(fig)
-        written.append(cpath)
-    return written
