@@ -163,7 +163,7 @@ def run_jobs(
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # no notes on disabled progress bars
     items = [{"kind": j.kind, "source": str(j.source), "stem": j.stem} for j in jobs]
     written: list[str] = []
     failed: dict[str, str] = {}
