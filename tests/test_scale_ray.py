@@ -89,6 +89,7 @@ def _payload(path: Path) -> bytes:
 
 
 def assert_same_outputs(a: Path, b: Path) -> int:
+    """Same files (hidden temporaries of a killed writer included: there must be none) with the same payload."""
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
     for name in names:

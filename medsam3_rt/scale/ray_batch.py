@@ -117,8 +117,11 @@ def process_study(seg: Any, s: StudySettings, kind: str, source: Path, stem: str
     """Segment one study and write its files, exactly as the single-process CLI does."""
     from ..cli._sequences import run_video, run_volume
     from ..cli.segment import Job, _run_image
+    from ..io.atomic import remove_stale_temporaries
 
     paths = Job(kind, source, stem).outputs(s.output)
+    for p in paths:  # a retried study: the hidden temporaries its killed worker left behind
+        remove_stale_temporaries(p)
     prompts = list(s.prompts)
     if kind == "image":
         return _run_image(seg, source, prompts, paths, s.min_score, s.window)
