@@ -165,6 +165,10 @@ def segment(
     forget_after: int | None = typer.Option(None, "--forget-after", min=1, help="Volumes/video: drop objects empty this many frames."),
     no_nms: bool = typer.Option(False, "--no-nms", help="Volumes/video: no detection NMS (as transformers without hub kernels)."),
     no_fill_holes: bool = typer.Option(False, "--no-fill-holes", help="Volumes/video: no hole filling / sprinkle removal."),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="ADDRESS", help="Run on Ray actors: 'local' (a local cluster) or a cluster address ('scale' extra)."
+    ),
+    actors: int = typer.Option(2, "--actors", min=1, help="--ray: actors, each loading the model once (1 CPU each)."),
 ) -> None:
     """Segment text prompts in images, volumes and videos.
 
@@ -186,22 +190,18 @@ def segment(
     )
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"--output '{output}' exists and is not a folder")
-    todo = []
-    for job in jobs:
-        paths = job.outputs(output)
-        for p in paths:  # hidden temporaries of a run that was killed mid-write
-            remove_stale_temporaries(p)
-        done = [p for p in paths if p.exists()]
-        if done and not force:
-            if resume and len(done) == len(paths):
-                continue
-            if not resume:
-                raise OutputExistsError(f"{done[0]} exists; pass --force to overwrite or --resume to skip finished inputs")
-        todo.append((job, paths))
+    todo = plan_jobs(jobs, output, force=force, resume=resume)
     if not todo:
         say(f"nothing to do: all {len(jobs)} inputs already have outputs in {output}")
         return
     options = BackendOptions(intra_op_threads=threads, checkpoint=checkpoint, gpu_mem_limit_bytes=parse_bytes(gpu_mem_limit))
+    if ray is not None:  # the same jobs on a Ray cluster (medsam3_rt.scale)
+        from ..scale.cli import segment_on_ray
+
+        settings = dict(backend=backend, options=options, prompt_packs=tuple(prompt_pack), min_score=min_score, window=win)
+        settings |= dict(axis=axis, bidirectional=bidirectional, stream_options=stream_options, series=series)
+        segment_on_ray(model_dir, jobs, todo, prompts, output, ray, actors, settings)
+        return
     seg = load(model_dir, backend, options=options, prompt_packs=prompt_pack)
     rows: list[tuple[str, str, str, str]] = []
     images = sum(1 for j, _ in todo if j.kind == "image")
@@ -254,6 +254,23 @@ def segment(
         out_console.print(table)
     files = sum(len(p) for _, p in todo)
     say(f"wrote {files} files for {len(todo)} input(s) to {output}")
+
+
+def plan_jobs(jobs: Sequence[Job], output: Path, *, force: bool, resume: bool) -> list[tuple[Job, list[Path]]]:
+    """The jobs still to run with their output paths: complete ones are skipped under --resume."""
+    todo = []
+    for job in jobs:
+        paths = job.outputs(output)
+        for p in paths:  # hidden temporaries of a run that was killed mid-write
+            remove_stale_temporaries(p)
+        done = [p for p in paths if p.exists()]
+        if done and not force:
+            if resume and len(done) == len(paths):
+                continue
+            if not resume:
+                raise OutputExistsError(f"{done[0]} exists; pass --force to overwrite or --resume to skip finished inputs")
+        todo.append((job, paths))
+    return todo
 
 
 def parse_bytes(text: str | None) -> int | None:
