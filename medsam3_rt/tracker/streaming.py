@@ -77,8 +77,10 @@ class MergeRecord:
     trk_masks: np.ndarray
     trk_score_logits: np.ndarray
     decision: policy.MergeDecision
+    forget_ids: np.ndarray  # every object after the merge (existing and new), ascending
+    forget_counts: np.ndarray  # their consecutive empty frames before this one
     shown_ids: np.ndarray
-    empty_frames: np.ndarray
+    empty_frames: np.ndarray  # policy.forget's answer
     removed: np.ndarray
 
 
@@ -173,10 +175,9 @@ class Stream:
         clock.lap("merge+memory")
         result = self._outputs(frame.shape[:2], tracks, new_tracks, decision, det, step, t)
         clock.lap("postprocess")
-        empty, removed = self._finish_frame(result, t)
+        forgetting = self._finish_frame(result, t)
         if self.observer is not None:
-            record = MergeRecord(t, next_id, det, table, step["masks"], step["score"], decision, result.object_ids, empty, removed)
-            self.observer(record)
+            self.observer(MergeRecord(t, next_id, det, table, step["masks"], step["score"], decision, *forgetting))
         self._t += 1
         return replace(result, timings_ms=clock.ms)
 
@@ -295,7 +296,7 @@ class Stream:
         boxes = mk.boxes_from_masks(shown.masks)
         return FrameResult(t, self.prompts, ids[k], prompt_ids[k], shown.masks, scores[k], tscores[k], boxes, shown.label_map)
 
-    def _finish_frame(self, result: FrameResult, t: int) -> tuple[np.ndarray, np.ndarray]:
+    def _finish_frame(self, result: FrameResult, t: int) -> tuple[np.ndarray, ...]:
         """Forget objects by the policy; prune every remaining bank to what later frames read."""
         s = self.settings
         tracks = list(self._tracks.values())
@@ -308,4 +309,4 @@ class Stream:
                 del self._tracks[tr.obj_id]
             else:
                 tr.prune(t, num_maskmem=s.num_maskmem, max_pointers=s.max_object_pointers_in_encoder, max_cond=self.max_cond)
-        return empty, removed
+        return ids, counts, result.object_ids, empty, removed
