@@ -51,8 +51,8 @@ SCENARIOS = (
     # detection masks (the random model's scores are low, so the confidence bars are lowered)
     Scenario(
         "limits",
-        {"max_objects": 3, "forget_after": 1},
-        {"recondition_every_nth_frame": 2, "recondition_on_trk_masks": False, "high_conf_thresh": 0.2, "high_iou_thresh": 0.3},
+        {"max_objects": 3, "forget_after": 2},
+        {"recondition_every_nth_frame": 2, "recondition_on_trk_masks": False, "high_conf_thresh": 0.1, "high_iou_thresh": 0.3},
     ),
 )
 
