@@ -10,14 +10,13 @@ from typing import Literal
 
 import numpy as np
 
-from . import graph_contract as gc
-from . import postprocess as post
 from .backends import Backend, BackendOptions
 from .errors import UsageError
 from .io.volumes import Axis, Volume
 from .manifest import Manifest, Verify
 from .model import Model
-from .preprocess import IntensityWindow, pixel_values
+from .pipeline import FramePipeline, top1
+from .preprocess import IntensityWindow
 from .stopwatch import Stopwatch
 from .tokenizer import as_prompt_list
 from .tracker.per_frame import FrameDetector
@@ -93,32 +92,22 @@ class Segmenter:
         if window is not None and not isinstance(window, IntensityWindow):
             window = IntensityWindow(*window)
         sw = Stopwatch()
-        text = self.model.text_batch(prompt_list)
+        frames = FramePipeline(self.model, prompt_list, window)
         sw.lap("text")
-        pixels = pixel_values(image, self.manifest.preprocess, window)
-        sw.lap("preprocess")
-        features = self.model.encode_image(pixels)
-        sw.lap("backbone")
-        out = self.model.detect(features, text)
-        sw.lap("detector")
+        out = frames.detect(frames.features(image, sw), sw)
         result = self._postprocess(prompt_list, out, image.shape[:2], min_score)
         sw.lap("postprocess")
         return SegmentResult(**result, timings_ms=sw.ms)
 
     def _postprocess(self, prompts: list[str], out: dict[str, np.ndarray], hw: tuple[int, int], min_score: float) -> dict:
-        scores_all = post.detection_scores(out[gc.PRED_LOGITS], out[gc.PRESENCE_LOGITS])
-        best = post.top1(scores_all)
-        rows = np.arange(len(prompts))
-        scores = scores_all[rows, best]
-        probs = post.upsample_probabilities(out[gc.PRED_MASKS][rows, best], (int(hw[0]), int(hw[1])))
-        masks, label = post.combine(probs, scores >= min_score, self.manifest.postprocess.mask_threshold)
+        best = top1(out, hw, min_score, self.manifest.postprocess.mask_threshold)
         return {
             "prompts": tuple(prompts),
-            "masks": masks,
-            "scores": scores.astype(np.float32),
-            "boxes": post.scale_boxes(out[gc.PRED_BOXES][rows, best], (int(hw[0]), int(hw[1]))),
-            "label_map": label,
-            "query_index": best,
+            "masks": best.masks,
+            "scores": best.scores,
+            "boxes": best.boxes,
+            "label_map": best.label_map,
+            "query_index": best.query_index,
             "min_score": float(min_score),
         }
 

@@ -745,3 +745,21 @@ def test_stream_video_example_matches_python(build: Path, tiny_video_export: Pat
             assert (got == want.label_map).mean() >= 0.99, f"frame {t}"
             shown += int(want.label_map.any())
     assert shown > 0, "no frame showed an object: the comparison would be empty"
+
+
+# -- the merge policy on the golden frames ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["parity", "limits"])
+def test_cpp_policy_matches_golden_files(build: Path, scenario: str) -> None:
+    """policy.cpp decides what the Python policy decided on the recorded frames (tests/golden/tracker_policy):
+    the same associations, new objects and ids, re-anchorings, counters, removals, and masks to the bit."""
+    import tracker_policy_golden as golden
+
+    _, frames = golden.load(scenario)
+    proc = _internal(build, "policy", golden.GOLDEN / f"{scenario}.json", golden.GOLDEN / f"{scenario}.masks")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout)
+    assert len(got) == len(frames)
+    for f, g in zip(frames, got, strict=True):
+        assert g == f["expected"], f"frame {f['t']}"

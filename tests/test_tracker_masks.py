@@ -114,13 +114,10 @@ def test_occlusion_suppression_matches_transformers(video_model) -> None:
     last = torch.tensor([5, 9, -1])
     ref = video_model._get_objects_to_suppress_based_on_most_recently_occluded(binary, last, [0, 1, 2])
     assert ref.tolist() == [False, True, False]
-    # the runtime's version of the same rule (Stream._suppress_recently_occluded) on the same inputs
-    from medsam3_rt.tracker.memory import ObjectTrack
-    from medsam3_rt.tracker.streaming import Stream
+    # the runtime's version of the same rule (policy.suppress_recently_occluded) on the same inputs
+    from medsam3_rt.tracker.policy import suppress_recently_occluded
 
-    tracks = [ObjectTrack(i, 0, 0.9, 0, last_occluded=int(v)) for i, v in enumerate(last)]
-    fake = object.__new__(Stream)
-    fake.settings = type("S", (), {"suppress_overlapping_based_on_recent_occlusion_threshold": 0.7})()
-    out = fake._suppress_recently_occluded(tracks, np.where(binary.numpy(), 1.0, -1.0).astype(np.float32), 12)
+    masks = np.where(binary.numpy(), 1.0, -1.0).astype(np.float32)
+    out, last_occluded = suppress_recently_occluded(masks, np.zeros(3, np.int64), last.numpy(), 12, 0.7)
     assert (out[1] == mk.NO_OBJ_LOGIT).all() and (out[0] > 0).any()
-    assert [t.last_occluded for t in tracks] == [5, 12, -1]
+    assert last_occluded.tolist() == [5, 12, -1]

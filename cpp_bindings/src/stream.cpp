@@ -43,12 +43,6 @@ Planes concat(const Planes& a, const Planes& b) {
     return out;
 }
 
-std::vector<uint8_t> positive(const float* v, int64_t n) {
-    std::vector<uint8_t> out(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) out[i] = v[i] > 0.0f;
-    return out;
-}
-
 bool any_positive(const float* v, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
         if (v[i] > 0.0f) return true;
@@ -105,6 +99,7 @@ Stream::Stream(std::shared_ptr<const Manifest> manifest, std::shared_ptr<Backend
     mem_size_ = 4 * d.mask_size();
     max_objects_ = options_.max_objects ? options_.max_objects : s_.max_num_objects;
     max_cond_ = options_.max_cond_frames ? options_.max_cond_frames : s_.max_cond_frame_num;
+    policy_ = policy_config(s_, max_objects_, options_.forget_after, options_.nms);
     pixels_.resize(size_t(3 * image_ * image_));
     session_ = backend_->open_tracker(true);
 }
@@ -119,13 +114,6 @@ int64_t Stream::state_nbytes() const {
     int64_t n = 0;
     for (const auto& t : tracks_) n += t->nbytes();
     return n;
-}
-
-ObjectTrack* Stream::find(int64_t obj_id) {
-    for (auto& t : tracks_) {
-        if (t->obj_id == obj_id) return t.get();
-    }
-    throw InternalError("no track with id " + std::to_string(obj_id));
 }
 
 FrameObjects Stream::push_detect_only(const ImageView& image) {
@@ -181,46 +169,20 @@ FrameObjects Stream::push(const ImageView& image) {
     clock.lap(DETECTOR);
     std::vector<ObjectTrack*> tracks;
     for (auto& tr : tracks_) tracks.push_back(tr.get());
+    const TrackTable table = track_table(tracks);
     const Step step = propagate(tracks, t);
     clock.lap(TRACKER);
-
-    // -- merge (Stream._merge) --
-    const Association assoc = associate(det, step.masks, tracks);
-    std::vector<int64_t> new_dets = assoc.new_dets;
-    if (static_cast<int64_t>(tracks.size() + new_dets.size()) > max_objects_) {  // keep the best-scoring new detections
-        const int64_t room = std::max<int64_t>(max_objects_ - static_cast<int64_t>(tracks.size()), 0);
-        std::vector<size_t> order(new_dets.size());
-        std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return -det.scores[new_dets[a]] < -det.scores[new_dets[b]]; });
-        std::vector<int64_t> kept;
-        for (size_t i = 0; i < order.size() && static_cast<int64_t>(i) < room; ++i) kept.push_back(new_dets[order[i]]);
-        new_dets = kept;
+    // the merge is decided by the policy (policy.cpp); this applies it to the memory banks
+    const MergeDecision decision = merge(det, table, step.masks, step.score, t, next_id_, policy_);
+    for (size_t i = 0; i < tracks.size(); ++i) {
+        tracks[i]->keep_alive = decision.keep_alive[i];
+        tracks[i]->last_occluded = decision.last_occluded[i];
+        if (decision.recond.count(tracks[i]->obj_id)) tracks[i]->promote(t);
     }
-    for (int64_t id : assoc.matched) {
-        ObjectTrack* tr = find(id);
-        tr->keep_alive = std::min(s_.max_trk_keep_alive, tr->keep_alive + 1);
-    }
-    for (int64_t id : assoc.unmatched) {
-        ObjectTrack* tr = find(id);
-        tr->keep_alive = std::max(s_.min_trk_keep_alive, tr->keep_alive - 1);
-    }
-    Recond recond;
-    if (s_.recondition_every_nth_frame > 0 && t % s_.recondition_every_nth_frame == 0) {
-        for (const auto& [obj_id, d] : assoc.high_conf) {
-            size_t i = 0;
-            while (tracks[i]->obj_id != obj_id) ++i;
-            // transformers compares the tracker's *logit* with high_conf_thresh; kept as is
-            if (step.score[i] > static_cast<float>(s_.high_conf_thresh)) recond[obj_id] = d;
-        }
-    }
-    Planes trk_masks = step.masks;
-    if (!tracks.empty()) {
-        trk_masks = suppress_recently_occluded(tracks, trk_masks, t);
-        encode_track_memories(tracks, trk_masks, recond, det, t);
-    }
-    const std::vector<ObjectTrack*> new_tracks = add_objects(tracks, step, recond, det, new_dets, t);
+    if (!tracks.empty()) encode_track_memories(tracks, decision, t);
+    const std::vector<ObjectTrack*> new_tracks = add_objects(tracks, step, decision, det, t);
     clock.lap(MERGE);
-    FrameObjects result = outputs(image.height, image.width, tracks, step, trk_masks, new_tracks, new_dets, recond, det, t);
+    FrameObjects result = outputs(image.height, image.width, tracks, step, decision.shown, new_tracks, decision.new_dets, decision.recond, det, t);
     clock.lap(POSTPROCESS);
     finish_frame(result, t);
     ++t_;
@@ -228,11 +190,10 @@ FrameObjects Stream::push(const ImageView& image) {
     return result;
 }
 
-Stream::Detections Stream::detect() {
+Detections Stream::detect() {
     Detections det;
     const PromptSet& ps = prompts_;
     const TextInput text{static_cast<int64_t>(ps.prompts.size()), ps.T, ps.C, ps.features.data(), ps.mask.data()};
-    const float thr = static_cast<float>(s_.score_threshold_detection);
     std::vector<float> masks;
     session_->detect(text, [&](const DetectorView& v) {
         if (v.m != m_ || v.P != text.P) throw InternalError("detector returned " + std::to_string(v.P) + " x " + std::to_string(v.m) + " px masks");
@@ -241,19 +202,7 @@ Stream::Detections Stream::detect() {
         for (int64_t p = 0; p < v.P; ++p) {
             const float presence = sigmoid(v.presence_logits[p]);
             for (int64_t q = 0; q < Q; ++q) pr[q] = sigmoid(v.pred_logits[p * Q + q]) * presence;
-            const float* logits = v.pred_masks + p * Q * px;
-            if (options_.nms && s_.det_nms_thresh > 0) {
-                const std::vector<uint8_t> keep = nms_masks(pr.data(), logits, Q, px, s_.score_threshold_detection, s_.det_nms_thresh);
-                for (int64_t q = 0; q < Q; ++q) {
-                    if (!keep[q]) pr[q] = 0.0f;
-                }
-            }
-            for (int64_t q = 0; q < Q; ++q) {
-                if (!(pr[q] > thr)) continue;
-                masks.insert(masks.end(), logits + q * px, logits + (q + 1) * px);
-                det.scores.push_back(pr[q]);
-                det.prompt_ids.push_back(p);
-            }
+            select_detections(pr, v.pred_masks + p * Q * px, Q, px, p, policy_, masks, det);
         }
     });
     det.masks.n = static_cast<int64_t>(det.scores.size());
@@ -286,96 +235,6 @@ Stream::Step Stream::propagate(const std::vector<ObjectTrack*>& tracks, int64_t 
     return st;
 }
 
-Stream::Association Stream::associate(const Detections& det, const Planes& trk_masks, const std::vector<ObjectTrack*>& tracks) const {
-    Association a;
-    const int64_t n_det = static_cast<int64_t>(det.scores.size()), n_trk = static_cast<int64_t>(tracks.size()), px = m_ * m_;
-    if (tracks.empty()) {
-        for (int64_t d = 0; d < n_det; ++d) a.new_dets.push_back(d);
-        return a;
-    }
-    std::vector<std::vector<uint8_t>> trk_bin;
-    std::vector<bool> nonempty;
-    for (int64_t j = 0; j < n_trk; ++j) {
-        trk_bin.push_back(positive(trk_masks.at(j), px));
-        nonempty.push_back(std::find(trk_bin.back().begin(), trk_bin.back().end(), 1) != trk_bin.back().end());
-    }
-    if (n_det == 0) {
-        for (int64_t j = 0; j < n_trk; ++j) {
-            if (nonempty[j]) a.unmatched.push_back(tracks[j]->obj_id);
-        }
-        return a;
-    }
-    std::vector<float> ious(static_cast<size_t>(n_det * n_trk));
-    for (int64_t d = 0; d < n_det; ++d) {
-        const std::vector<uint8_t> db = positive(det.masks.at(d), px);
-        for (int64_t j = 0; j < n_trk; ++j) {
-            ious[d * n_trk + j] = det.prompt_ids[d] == tracks[j]->prompt_id ? mask_iou(db.data(), trk_bin[j].data(), px) : 0.0f;
-        }
-    }
-    const float trk_assoc = static_cast<float>(s_.trk_assoc_iou_thresh), assoc = static_cast<float>(s_.assoc_iou_thresh);
-    const float new_det = static_cast<float>(s_.new_det_thresh), high_conf = static_cast<float>(s_.high_conf_thresh);
-    const float high_iou = static_cast<float>(s_.high_iou_thresh);
-    for (int64_t j = 0; j < n_trk; ++j) {
-        bool trk_matched = false, matched = false;
-        for (int64_t d = 0; d < n_det; ++d) {
-            trk_matched = trk_matched || ious[d * n_trk + j] >= trk_assoc;
-            matched = matched || ious[d * n_trk + j] >= assoc;
-        }
-        if (nonempty[j] && !trk_matched) a.unmatched.push_back(tracks[j]->obj_id);
-        if (matched) a.matched.push_back(tracks[j]->obj_id);
-    }
-    for (int64_t d = 0; d < n_det; ++d) {
-        const float* row = &ious[d * n_trk];
-        bool any_assoc = false;
-        int64_t best = 0;
-        for (int64_t j = 0; j < n_trk; ++j) {
-            any_assoc = any_assoc || row[j] >= assoc;
-            if (row[j] > row[best]) best = j;  // np.argmax / max: the first maximum
-        }
-        const bool is_new = det.scores[d] >= new_det && !any_assoc;
-        if (is_new) a.new_dets.push_back(d);
-        if (det.scores[d] >= high_conf && !is_new && row[best] >= high_iou) a.high_conf[tracks[best]->obj_id] = d;
-    }
-    return a;
-}
-
-Planes Stream::suppress_recently_occluded(const std::vector<ObjectTrack*>& tracks, const Planes& trk_masks, int64_t t) {
-    const double thr = s_.suppress_overlapping_based_on_recent_occlusion_threshold;
-    const int64_t n = static_cast<int64_t>(tracks.size()), px = trk_masks.plane();
-    std::vector<std::vector<uint8_t>> binary;
-    for (int64_t i = 0; i < n; ++i) binary.push_back(positive(trk_masks.at(i), px));
-    std::vector<bool> suppress(static_cast<size_t>(n), false);
-    if (thr > 0) {
-        std::set<int64_t> prompts;
-        for (ObjectTrack* tr : tracks) prompts.insert(tr->prompt_id);
-        for (int64_t p : prompts) {
-            std::vector<int64_t> idx;
-            for (int64_t i = 0; i < n; ++i) {
-                if (tracks[i]->prompt_id == p) idx.push_back(i);
-            }
-            if (idx.size() <= 1) continue;
-            const size_t k = idx.size();
-            std::vector<bool> sup_i(k, false), sup_j(k, false);
-            for (size_t a = 0; a < k; ++a) {
-                for (size_t b = a + 1; b < k; ++b) {  // np.triu(..., k=1)
-                    if (!(mask_iou(binary[idx[a]].data(), binary[idx[b]].data(), px) >= static_cast<float>(thr))) continue;
-                    const int64_t la = tracks[idx[a]]->last_occluded, lb = tracks[idx[b]]->last_occluded;
-                    if (la > lb && lb > -1) sup_i[a] = true;
-                    if (lb > la && la > -1) sup_j[b] = true;
-                }
-            }
-            for (size_t a = 0; a < k; ++a) suppress[idx[a]] = sup_i[a] || sup_j[a];
-        }
-    }
-    Planes out = trk_masks;
-    for (int64_t i = 0; i < n; ++i) {
-        const bool empty = std::find(binary[i].begin(), binary[i].end(), 1) == binary[i].end();
-        if (empty || suppress[i]) tracks[i]->last_occluded = t;
-        if (suppress[i]) std::fill(out.at(i), out.at(i) + px, NO_OBJ_LOGIT);
-    }
-    return out;
-}
-
 std::vector<std::vector<uint16_t>> Stream::encode(const Planes& masks, const std::vector<uint8_t>& binarize, const std::vector<float>& scores) {
     const Planes resized = resize_planes(masks, mem_size_, mem_size_, true);
     std::vector<float> feats;
@@ -389,26 +248,9 @@ std::vector<std::vector<uint16_t>> Stream::encode(const Planes& masks, const std
     return bits;
 }
 
-void Stream::encode_track_memories(const std::vector<ObjectTrack*>& tracks, const Planes& trk_masks, const Recond& recond,
-                                   const Detections& det, int64_t t) {
-    Planes mem_in = trk_masks;
-    const int64_t n = static_cast<int64_t>(tracks.size()), px = mem_in.plane();
-    std::vector<int64_t> groups;
-    for (int64_t i = 0; i < n; ++i) {
-        groups.push_back(tracks[i]->prompt_id);
-        auto r = recond.find(tracks[i]->obj_id);
-        if (r == recond.end()) continue;
-        if (!s_.recondition_on_trk_masks) {
-            const float* d = det.masks.at(r->second);
-            float* dst = mem_in.at(i);
-            for (int64_t p = 0; p < px; ++p) dst[p] = d[p] >= 0.5f ? 1.0f : 0.0f;
-        }
-        tracks[i]->promote(t);
-    }
-    suppress_shrunk(mem_in, groups);
-    std::vector<float> scores(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) scores[i] = any_positive(mem_in.at(i), px) ? 10.0f : -10.0f;
-    const auto bits = encode(mem_in, std::vector<uint8_t>(size_t(n), 0), scores);
+void Stream::encode_track_memories(const std::vector<ObjectTrack*>& tracks, const MergeDecision& decision, int64_t t) {
+    const int64_t n = static_cast<int64_t>(tracks.size());
+    const auto bits = encode(decision.memory_masks, std::vector<uint8_t>(size_t(n), 0), decision.memory_scores);
     for (int64_t i = 0; i < n; ++i) {
         MemoryEntry* e = tracks[i]->entry(t);
         if (e == nullptr) throw InternalError("track without an entry for this frame");
@@ -416,8 +258,9 @@ void Stream::encode_track_memories(const std::vector<ObjectTrack*>& tracks, cons
     }
 }
 
-std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& tracks, const Step& step, const Recond& recond,
-                                              const Detections& det, const std::vector<int64_t>& new_dets, int64_t t) {
+std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& tracks, const Step& step, const MergeDecision& decision,
+                                              const Detections& det, int64_t t) {
+    const std::vector<int64_t>& new_dets = decision.new_dets;
     if (new_dets.empty()) return {};
     const int64_t n = static_cast<int64_t>(new_dets.size()), px = m_ * m_;
     Planes binary(n, m_, m_);
@@ -431,7 +274,7 @@ std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& t
     std::vector<std::unique_ptr<ObjectTrack>> created;
     for (int64_t k = 0; k < n; ++k) {
         auto tr = std::make_unique<ObjectTrack>();
-        tr->obj_id = next_id_++;
+        tr->obj_id = decision.new_obj_ids[size_t(k)];
         tr->prompt_id = det.prompt_ids[new_dets[k]];
         tr->det_score = det.scores[new_dets[k]];
         tr->first_frame = t;
@@ -441,10 +284,8 @@ std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& t
         tr->cond[t] = std::move(e);
         created.push_back(std::move(tr));
     }
-    std::vector<int64_t> rerun;
-    for (size_t i = 0; i < tracks.size(); ++i) {
-        if (!recond.count(tracks[i]->obj_id)) rerun.push_back(int64_t(i));
-    }
+    next_id_ = decision.new_obj_ids.back() + 1;
+    const std::vector<int64_t>& rerun = decision.rerun;
     Planes hr_existing = rerun.empty() ? Planes(0, image_, image_) : resize_planes(take_rows(step.low, rerun), image_, image_, false);
     Planes hr_new = resize_planes(binary, image_, image_, true);
     for (float& v : hr_new.v) v = v * 20.0f - 10.0f;
@@ -556,17 +397,34 @@ FrameObjects Stream::outputs(int64_t h, int64_t w, const std::vector<ObjectTrack
 }
 
 void Stream::finish_frame(const FrameObjects& result, int64_t t) {
-    const std::set<int64_t> shown(result.object_ids.begin(), result.object_ids.end());
-    for (auto it = tracks_.begin(); it != tracks_.end();) {
+    std::vector<int64_t> ids, counts;
+    for (const auto& tr : tracks_) {
+        ids.push_back(tr->obj_id);
+        counts.push_back(tr->empty_frames);
+    }
+    const std::vector<uint8_t> removed = forget(ids, counts, result.object_ids, policy_.forget_after);
+    size_t i = 0;
+    for (auto it = tracks_.begin(); it != tracks_.end(); ++i) {
         ObjectTrack& tr = **it;
-        tr.empty_frames = shown.count(tr.obj_id) ? 0 : tr.empty_frames + 1;
-        if (options_.forget_after > 0 && tr.empty_frames >= options_.forget_after) {
+        tr.empty_frames = counts[i];
+        if (removed[i]) {
             it = tracks_.erase(it);
             continue;
         }
         tr.prune(t, s_.num_maskmem, s_.max_object_pointers_in_encoder, max_cond_);
         ++it;
     }
+}
+
+TrackTable Stream::track_table(const std::vector<ObjectTrack*>& tracks) {
+    TrackTable table;
+    for (const ObjectTrack* tr : tracks) {
+        table.obj_ids.push_back(tr->obj_id);
+        table.prompt_ids.push_back(tr->prompt_id);
+        table.last_occluded.push_back(tr->last_occluded);
+        table.keep_alive.push_back(tr->keep_alive);
+    }
+    return table;
 }
 
 }  // namespace m3rt

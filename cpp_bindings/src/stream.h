@@ -1,6 +1,7 @@
 // Frame-by-frame segmentation with the detector and the tracker memory: a port of
 // medsam3_rt/tracker/streaming.py (Stream.push) with the same rules, arithmetic order and
-// object ids. Per-frame time and memory do not grow with the number of frames: each object's
+// object ids. Stream runs the graphs and keeps the memory banks; every merge decision is made
+// by the pure functions of policy.h. Per-frame time and memory do not grow with the number of frames: each object's
 // bank is bounded (memory.h) and the number of objects is capped.
 #pragma once
 
@@ -15,6 +16,7 @@
 #include "manifest.h"
 #include "masks.h"
 #include "memory.h"
+#include "policy.h"
 #include "preprocess.h"
 #include "prompt_pack.h"
 
@@ -68,36 +70,23 @@ public:
     int64_t max_cond() const { return max_cond_; }
 
 private:
-    struct Detections {
-        Planes masks;  // (D, m, m) logits
-        std::vector<float> scores;
-        std::vector<int64_t> prompt_ids;
-    };
     struct Step {
         Planes low, masks;  // raw and shown (hole-filled) low-res logits
         std::vector<float> score;
-    };
-    struct Association {
-        std::vector<int64_t> new_dets, unmatched, matched;
-        std::map<int64_t, int64_t> high_conf;  // obj id -> detection (confident, high IoU)
     };
 
     FrameObjects push_detect_only(const ImageView& image);
     Detections detect();
     Step propagate(const std::vector<ObjectTrack*>& tracks, int64_t t);
-    Association associate(const Detections& det, const Planes& trk_masks, const std::vector<ObjectTrack*>& tracks) const;
-    using Recond = std::map<int64_t, int64_t>;  // obj id -> detection index
-    Planes suppress_recently_occluded(const std::vector<ObjectTrack*>& tracks, const Planes& trk_masks, int64_t t);
     std::vector<std::vector<uint16_t>> encode(const Planes& masks, const std::vector<uint8_t>& binarize, const std::vector<float>& scores);
-    void encode_track_memories(const std::vector<ObjectTrack*>& tracks, const Planes& trk_masks, const Recond& recond,
-                               const Detections& det, int64_t t);
-    std::vector<ObjectTrack*> add_objects(const std::vector<ObjectTrack*>& tracks, const Step& step, const Recond& recond,
-                                          const Detections& det, const std::vector<int64_t>& new_dets, int64_t t);
+    void encode_track_memories(const std::vector<ObjectTrack*>& tracks, const MergeDecision& decision, int64_t t);
+    std::vector<ObjectTrack*> add_objects(const std::vector<ObjectTrack*>& tracks, const Step& step, const MergeDecision& decision,
+                                          const Detections& det, int64_t t);
     FrameObjects outputs(int64_t h, int64_t w, const std::vector<ObjectTrack*>& tracks, const Step& step, const Planes& trk_masks,
                          const std::vector<ObjectTrack*>& new_tracks, const std::vector<int64_t>& new_dets, const Recond& recond,
                          const Detections& det, int64_t t);
     void finish_frame(const FrameObjects& result, int64_t t);
-    ObjectTrack* find(int64_t obj_id);
+    static TrackTable track_table(const std::vector<ObjectTrack*>& tracks);
 
     std::shared_ptr<const Manifest> manifest_;
     std::shared_ptr<Backend> backend_;
@@ -106,6 +95,7 @@ private:
     StreamOptions options_;
     Window window_;
     TrackerSettings s_;
+    PolicyConfig policy_;
     bool tracking_ = true;
     double frame_threshold_ = 0.5;  // detect mode: FrameDetector.threshold
     int64_t hw_ = 0, mem_ = 0, c_ = 0, m_ = 0, image_ = 0, mem_size_ = 0;

@@ -19,6 +19,8 @@
 //   boxes N H W IN OUT                      masks.boxes_from_masks of N 0/1 byte masks
 //   bfloat16 N IN OUT / sigmoid N IN OUT    to_bfloat16 (uint16 out) / postprocess.sigmoid
 //   tracker-settings FILE...                "OK <settings>" or "ERR <status> <message>" per manifest.json
+//   policy GOLDEN.json GOLDEN.masks         the merge policy's decisions on every recorded frame of a
+//                                           tests/golden/tracker_policy scenario, as JSON (one object per frame)
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -31,6 +33,7 @@
 #include "contract.h"
 #include "error.h"
 #include "manifest.h"
+#include "policy.h"
 #include "masks.h"
 #include "postprocess.h"
 #include "preprocess.h"
@@ -97,6 +100,93 @@ nlohmann::ordered_json tensor_json(const gc::TensorSpec& t) {
         }
     }
     return {{"name", t.name}, {"dtype", t.dtype}, {"shape", shape}};
+}
+
+// -- the merge policy on golden frames (tests/tracker_policy_golden.py writes them) ---------
+
+std::vector<int64_t> int_list(const nlohmann::json& j) { return j.get<std::vector<int64_t>>(); }
+
+std::vector<float> float_list(const nlohmann::json& j) {
+    std::vector<float> out;
+    for (const auto& v : j) out.push_back(static_cast<float>(v.get<double>()));
+    return out;
+}
+
+// int16 fixed point (value / 1024) planes at an offset of the masks file.
+Planes fixed_planes(const nlohmann::json& ref, const std::vector<int16_t>& raw) {
+    const auto shape = int_list(ref["shape"]);
+    Planes p(shape.at(0), shape.at(1), shape.at(2));
+    const size_t offset = ref["offset"].get<size_t>();
+    if (offset + p.v.size() > raw.size()) throw std::runtime_error("mask reference beyond the masks file");
+    for (size_t i = 0; i < p.v.size(); ++i) p.v[i] = static_cast<float>(raw[offset + i]) / 1024.0f;
+    return p;
+}
+
+nlohmann::json pairs(const std::map<int64_t, int64_t>& m) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& [k, v] : m) out.push_back({k, v});
+    return out;
+}
+
+int policy_golden(const std::string& json_path, const std::string& masks_path) {
+    const nlohmann::json doc = nlohmann::json::parse(read_file(json_path));
+    const std::string blob = read_file(masks_path);
+    std::vector<int16_t> raw(blob.size() / 2);
+    std::memcpy(raw.data(), blob.data(), raw.size() * 2);
+    const nlohmann::json& c = doc["config"];
+    if (c["mode"] != "transformers") throw std::runtime_error("unknown policy mode " + c["mode"].dump());
+    PolicyConfig cfg;
+    cfg.score_threshold_detection = c["score_threshold_detection"];
+    cfg.det_nms_thresh = c["det_nms_thresh"];
+    cfg.assoc_iou_thresh = c["assoc_iou_thresh"];
+    cfg.trk_assoc_iou_thresh = c["trk_assoc_iou_thresh"];
+    cfg.new_det_thresh = c["new_det_thresh"];
+    cfg.high_conf_thresh = c["high_conf_thresh"];
+    cfg.high_iou_thresh = c["high_iou_thresh"];
+    cfg.recondition_every_nth_frame = c["recondition_every_nth_frame"];
+    cfg.recondition_on_trk_masks = c["recondition_on_trk_masks"];
+    cfg.suppress_overlapping_based_on_recent_occlusion_threshold = c["suppress_overlapping_based_on_recent_occlusion_threshold"];
+    cfg.init_trk_keep_alive = c["init_trk_keep_alive"];
+    cfg.max_trk_keep_alive = c["max_trk_keep_alive"];
+    cfg.min_trk_keep_alive = c["min_trk_keep_alive"];
+    cfg.max_objects = c["max_objects"];
+    cfg.forget_after = c["forget_after"].is_null() ? 0 : c["forget_after"].get<int64_t>();
+    cfg.nms = c["nms"];
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& f : doc["frames"]) {
+        Detections det;
+        det.masks = fixed_planes(f["det"]["masks"], raw);
+        det.scores = float_list(f["det"]["scores"]);
+        det.prompt_ids = int_list(f["det"]["prompt_ids"]);
+        TrackTable tracks;
+        tracks.obj_ids = int_list(f["tracks"]["obj_ids"]);
+        tracks.prompt_ids = int_list(f["tracks"]["prompt_ids"]);
+        tracks.last_occluded = int_list(f["tracks"]["last_occluded"]);
+        tracks.keep_alive = int_list(f["tracks"]["keep_alive"]);
+        const MergeDecision d =
+            merge(det, tracks, fixed_planes(f["trk_masks"], raw), float_list(f["trk_scores"]), f["t"].get<int64_t>(), f["next_id"].get<int64_t>(), cfg);
+        std::vector<int64_t> counts = int_list(f["forget_counts"]);
+        const std::vector<uint8_t> removed = forget(int_list(f["forget_ids"]), counts, int_list(f["shown_ids"]), cfg.forget_after);
+        const Association& a = d.association;
+        nlohmann::json r = {{"new", a.new_dets},
+                            {"unmatched", a.unmatched},
+                            {"matched", a.matched},
+                            {"high_conf", pairs(a.high_conf)},
+                            {"new_dets", d.new_dets},
+                            {"new_obj_ids", d.new_obj_ids},
+                            {"recond", pairs(d.recond)},
+                            {"keep_alive", d.keep_alive},
+                            {"last_occluded", d.last_occluded},
+                            {"rerun", d.rerun},
+                            {"memory_scores", d.memory_scores},
+                            {"shown_sha256", sha256_hex(d.shown.v.data(), d.shown.v.size() * sizeof(float))},
+                            {"memory_sha256", sha256_hex(d.memory_masks.v.data(), d.memory_masks.v.size() * sizeof(float))},
+                            {"empty_frames", counts},
+                            {"removed", std::vector<bool>(removed.begin(), removed.end())}};
+        out.push_back(r);
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
 }
 
 int run(int argc, char** argv) {
@@ -241,6 +331,7 @@ int run(int argc, char** argv) {
         }
         return 0;
     }
+    if (cmd == "policy" && argc == 4) return policy_golden(argv[2], argv[3]);
     if (cmd == "tracker-settings") {
         for (int i = 2; i < argc; ++i) {
             try {

@@ -17,8 +17,8 @@ NO_OBJ_LOGIT = -10.0  # what the merge writes into suppressed masks (sigmoid(-10
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, M) IoU of boolean masks a (N, H, W) and b (M, H, W); 0 where both are empty."""
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
+    fa = a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float32)
+    fb = b.reshape(len(b), int(np.prod(b.shape[1:]))).astype(np.float32)
     inter = fa @ fb.T
     union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
     return inter / np.maximum(union, 1.0)

@@ -10,15 +10,15 @@ was not trained) can still process volumes and videos, and says so.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from .. import graph_contract as gc
-from .. import postprocess as post
 from ..model import Model
-from ..preprocess import IntensityWindow, pixel_values
+from ..pipeline import FramePipeline, top1
+from ..preprocess import IntensityWindow
+from ..stopwatch import Stopwatch
 from ..tokenizer import as_prompt_list
 from . import masks as mk
 from .streaming import FrameResult
@@ -48,7 +48,7 @@ class FrameDetector:
             if detection_threshold is not None
             else float(tracker.get("score_threshold_detection", DEFAULT_DETECTION_THRESHOLD))
         )
-        self._text = model.text_batch(list(self.prompts))
+        self._frames = FramePipeline(model, self.prompts, window)
         self.reset()
 
     def reset(self) -> None:
@@ -71,38 +71,27 @@ class FrameDetector:
     def __exit__(self, *exc: object) -> None:
         self.reset()
 
-    def _detect(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        feats = self.model.encode_image(pixel_values(frame, self.model.manifest.preprocess, self.window))
-        return self.model.detect(feats, self._text)
-
     def best_detection_score(self, frame: np.ndarray) -> float:
-        out = self._detect(frame)
-        return float(post.detection_scores(out[gc.PRED_LOGITS], out[gc.PRESENCE_LOGITS]).max())
+        return self._frames.best_detection_score(frame)
 
     def push(self, frame: np.ndarray) -> FrameResult:
-        t0 = time.perf_counter()
-        out = self._detect(frame)
-        t1 = time.perf_counter()
-        scores_all = post.detection_scores(out[gc.PRED_LOGITS], out[gc.PRESENCE_LOGITS])
-        best = post.top1(scores_all)
-        rows = np.arange(len(self.prompts))
-        scores = scores_all[rows, best].astype(np.float32)
-        h, w = frame.shape[:2]
-        probs = post.upsample_probabilities(out[gc.PRED_MASKS][rows, best], (int(h), int(w)))
-        masks, label = post.combine(probs, scores >= self.threshold, self.model.manifest.postprocess.mask_threshold)
-        keep = masks.any(axis=(1, 2))
-        ids = rows[keep].astype(np.int64)
+        clock = Stopwatch()
+        out = self._frames.detect(self._frames.features(frame, clock), clock)
+        best = top1(out, frame.shape[:2], self.threshold, self.model.manifest.postprocess.mask_threshold)
+        keep = best.masks.any(axis=(1, 2))
+        ids = np.flatnonzero(keep).astype(np.int64)
+        masks = best.masks[keep]
         result = FrameResult(
             frame_index=self._t,
             prompts=self.prompts,
             object_ids=ids,
             prompt_ids=ids.copy(),
-            masks=masks[keep],
-            scores=scores[keep],
-            tracker_scores=scores[keep],
-            boxes=mk.boxes_from_masks(masks[keep]),
-            label_map=label,
-            timings_ms={"backbone+detector": (t1 - t0) * 1e3, "postprocess": (time.perf_counter() - t1) * 1e3},
+            masks=masks,
+            scores=best.scores[keep],
+            tracker_scores=best.scores[keep],
+            boxes=mk.boxes_from_masks(masks),
+            label_map=best.label_map,
         )
+        clock.lap("postprocess")
         self._t += 1
-        return result
+        return replace(result, timings_ms=clock.ms)

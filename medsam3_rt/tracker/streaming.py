@@ -6,9 +6,10 @@ in streaming mode, on the exported graphs:
 1. backbone once, shared by detector and tracker;
 2. detection for every prompt (one batched detector call), mask NMS, score threshold;
 3. the tracker step for every tracked object, batched with padded memory banks;
-4. the merge: detections associated to tracks by mask IoU within a prompt, confident
-   unmatched detections become new objects, periodic re-anchoring on confident matches,
-   suppression of overlaps by recent occlusion, and the non-overlap constraint;
+4. the merge (`policy.py`, pure functions): detections associated to tracks by mask IoU
+   within a prompt, confident unmatched detections become new objects, periodic
+   re-anchoring on confident matches, suppression of overlaps by recent occlusion, and the
+   non-overlap constraint;
 5. new memory entries, encoded after the merge (the merge changes the masks);
 6. outputs at input resolution, overlaps resolved per prompt by tracker confidence.
 
@@ -18,7 +19,7 @@ bounded (see `memory.py`) and the number of objects is capped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -26,12 +27,14 @@ import numpy as np
 from .. import graph_contract as gc
 from ..errors import ManifestError
 from ..model import Model
+from ..pipeline import FramePipeline, detection_scores
 from ..postprocess import sigmoid
-from ..preprocess import IntensityWindow, pixel_values
+from ..preprocess import IntensityWindow
 from ..resample import resize
 from ..stopwatch import Stopwatch
 from ..tokenizer import as_prompt_list
 from . import masks as mk
+from . import policy
 from .memory import MemoryEntry, ObjectTrack, gather
 from .settings import StreamOptions, TrackerSettings
 
@@ -63,23 +66,31 @@ class FrameResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class _Detections:
-    masks: np.ndarray  # (D, m, m) logits
-    scores: np.ndarray  # (D,)
-    prompt_ids: np.ndarray  # (D,)
+@dataclass(frozen=True)
+class MergeRecord:
+    """One frame's policy inputs and decision, for `Stream.observer` (golden files, debugging)."""
 
-
-@dataclass
-class _Association:
-    new: list[int]  # detection indices that become new objects
-    unmatched: list[int]  # obj ids of non-empty tracks no detection matches
-    matched: set[int]  # obj ids matched by some detection
-    high_conf: dict[int, int]  # obj id -> detection index (confident, high IoU)
+    frame_index: int
+    next_id: int
+    detections: policy.Detections
+    tracks: policy.TrackTable
+    trk_masks: np.ndarray
+    trk_score_logits: np.ndarray
+    decision: policy.MergeDecision
+    forget_ids: np.ndarray  # every object after the merge (existing and new), ascending
+    forget_counts: np.ndarray  # their consecutive empty frames before this one
+    shown_ids: np.ndarray
+    empty_frames: np.ndarray  # policy.forget's answer
+    removed: np.ndarray
 
 
 class Stream:
-    """One video or volume. Not thread-safe: use one stream per thread."""
+    """One video or volume. Not thread-safe: use one stream per thread.
+
+    The per-frame work is: graphs (backbone, detector, tracker step) -> `policy.merge` ->
+    memory encoder on the merged masks -> `policy.frame_objects` -> `policy.forget`. Decisions
+    are made only in `policy`; this class runs graphs and keeps the memory banks.
+    """
 
     def __init__(
         self,
@@ -100,13 +111,15 @@ class Stream:
         self.options = options or StreamOptions()
         self.window = window
         self.settings = self.options.apply(TrackerSettings.from_manifest(m.tracker))
-        self._text = model.text_batch(list(self.prompts))
+        self.policy = policy.PolicyConfig.from_settings(self.settings, self.options)
+        self._frames = FramePipeline(model, self.prompts, window)
         d = m.dims
         self._hw, self._mem, self._c, self._m = d.feat_size**2, d.memory_channels, d.fpn_channels, d.mask_size
         self._image = d.image_size
         self._mem_size = d.memory_mask_size
-        self.max_objects = self.options.max_objects or self.settings.max_num_objects
+        self.max_objects = self.policy.max_objects
         self.max_cond = self.options.max_cond_frames or self.settings.max_cond_frame_num
+        self.observer: Callable[[MergeRecord], None] | None = None
         self.reset()
 
     # -- public ---------------------------------------------------------------------------
@@ -132,9 +145,7 @@ class Stream:
 
     def best_detection_score(self, frame: np.ndarray) -> float:
         """Highest detection score of any prompt in `frame` (detector only; the stream is unchanged)."""
-        feats = self.model.encode_image(pixel_values(frame, self.model.manifest.preprocess, self.window))
-        out = self.model.detect(feats, self._text)
-        return float((sigmoid(out[gc.PRED_LOGITS]) * sigmoid(out[gc.PRESENCE_LOGITS])).max())
+        return self._frames.best_detection_score(frame)
 
     def state_nbytes(self) -> int:
         """Bytes held by the memory banks (bounded; see memory.py)."""
@@ -149,41 +160,34 @@ class Stream:
     def push(self, frame: np.ndarray) -> FrameResult:
         """Segment the next frame (H x W or H x W x 3 RGB; same input rules as `segment`)."""
         clock = Stopwatch()
-        t = self._t
-        pixels = pixel_values(frame, self.model.manifest.preprocess, self.window)
-        clock.lap("preprocess")
-        feats = self.model.encode_image(pixels)
-        trk_feats = {k: feats[k] for k in gc.TRK_FEATURES}
-        clock.lap("backbone")
-        det = self._detect(feats)
+        t, next_id = self._t, self._next_id
+        feats = self._frames.features(frame, clock)
+        out = self._frames.detect(feats, clock)
+        det = policy.select_detections(detection_scores(out), out[gc.PRED_MASKS], self.policy)
         clock.lap("detector")
+        trk_feats = {k: feats[k] for k in gc.TRK_FEATURES}
         tracks = list(self._tracks.values())
+        table = self._table(tracks)
         step = self._propagate(tracks, trk_feats, t)
         clock.lap("tracker")
-        trk_masks, new, new_tracks, recond = self._merge(tracks, step, det, trk_feats, t)
+        decision = policy.merge(det, table, step["masks"], step["score"], t, next_id, self.policy)
+        new_tracks = self._apply(tracks, decision, det, step, trk_feats, t)
         clock.lap("merge+memory")
-        result = self._outputs(frame.shape[:2], tracks, step, trk_masks, new_tracks, new, recond, det, t)
+        result = self._outputs(frame.shape[:2], tracks, new_tracks, decision, det, step, t)
         clock.lap("postprocess")
-        self._finish_frame(result, t)
+        forgetting = self._finish_frame(result, t)
+        if self.observer is not None:
+            self.observer(MergeRecord(t, next_id, det, table, step["masks"], step["score"], decision, *forgetting))
         self._t += 1
         return replace(result, timings_ms=clock.ms)
 
     # -- steps ----------------------------------------------------------------------------
-    def _detect(self, feats: dict[str, np.ndarray]) -> _Detections:
-        s = self.settings
-        out = self.model.detect(feats, self._text)
-        probs = sigmoid(out[gc.PRED_LOGITS]) * sigmoid(out[gc.PRESENCE_LOGITS])  # (P, Q)
-        masks, scores, prompt_ids = [], [], []
-        for p in range(len(self.prompts)):
-            pr = probs[p].copy()
-            if self.options.nms and s.det_nms_thresh > 0:
-                keep = mk.nms_masks(pr, out[gc.PRED_MASKS][p], s.score_threshold_detection, s.det_nms_thresh)
-                pr[~keep] = 0.0
-            sel = np.flatnonzero(pr > s.score_threshold_detection)
-            masks.append(out[gc.PRED_MASKS][p, sel])
-            scores.append(pr[sel])
-            prompt_ids.append(np.full(len(sel), p, np.int64))
-        return _Detections(np.concatenate(masks), np.concatenate(scores).astype(np.float32), np.concatenate(prompt_ids))
+    @staticmethod
+    def _table(tracks: list[ObjectTrack]) -> policy.TrackTable:
+        if not tracks:
+            return policy.TrackTable.empty()
+        col = lambda name: np.array([getattr(tr, name) for tr in tracks], np.int64)  # noqa: E731
+        return policy.TrackTable(col("obj_id"), col("prompt_id"), col("last_occluded"), col("keep_alive"))
 
     def _propagate(self, tracks: list[ObjectTrack], trk_feats: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
         """Tracker step for all objects; their new entries are stored without memory yet."""
@@ -207,83 +211,18 @@ class Stream:
         shown = mk.fill_holes(low, s.fill_hole_area) if self.options.fill_holes else low.copy()
         return {"low": low, "score": out[gc.OBJECT_SCORE_LOGITS][:, 0], "masks": shown}
 
-    def _associate(self, det: _Detections, trk_masks: np.ndarray, tracks: list[ObjectTrack]) -> _Association:
-        """`Sam3VideoModel._associate_det_trk`: many-to-one matching by mask IoU within a prompt."""
-        s = self.settings
-        n_det = len(det.scores)
-        if not tracks:
-            return _Association(list(range(n_det)), [], set(), {})
-        trk_bin = trk_masks > 0
-        nonempty = trk_bin.any(axis=(1, 2))
-        if n_det == 0:
-            return _Association([], [tr.obj_id for tr, ne in zip(tracks, nonempty) if ne], set(), {})
-        ious = mk.mask_iou(det.masks > 0, trk_bin)
-        same_prompt = det.prompt_ids[:, None] == np.array([tr.prompt_id for tr in tracks])[None, :]
-        ious = np.where(same_prompt, ious, 0.0)
-        trk_matched = (ious >= s.trk_assoc_iou_thresh).any(axis=0)
-        unmatched = [tr.obj_id for tr, ne, mt in zip(tracks, nonempty, trk_matched) if ne and not mt]
-        is_new = (det.scores >= s.new_det_thresh) & ~(ious >= s.assoc_iou_thresh).any(axis=1)
-        matched = {tracks[j].obj_id for j in np.flatnonzero((ious >= s.assoc_iou_thresh).any(axis=0))}
-        high_conf: dict[int, int] = {}
-        confident = (det.scores >= s.high_conf_thresh) & ~is_new & (ious.max(axis=1) >= s.high_iou_thresh)
-        for d in np.flatnonzero(confident):
-            high_conf[tracks[int(np.argmax(ious[d]))].obj_id] = int(d)
-        return _Association([int(i) for i in np.flatnonzero(is_new)], unmatched, matched, high_conf)
-
-    def _merge(
-        self, tracks: list[ObjectTrack], step: dict[str, np.ndarray], det: _Detections, trk_feats: dict[str, np.ndarray], t: int
-    ) -> tuple[np.ndarray, list[int], list[ObjectTrack], dict[int, int]]:
-        """Returns the shown track masks, the detections that became objects, those objects, re-anchorings."""
-        s = self.settings
-        trk_masks = step["masks"]
-        assoc = self._associate(det, trk_masks, tracks)
-        new = assoc.new
-        if len(tracks) + len(new) > self.max_objects:  # keep the best-scoring new detections
-            room = max(self.max_objects - len(tracks), 0)
-            new = [new[i] for i in np.argsort(-det.scores[new], kind="stable")[:room]]
-        # keep-alive bookkeeping (Sam3VideoModel's hotstart counters; no removal in streaming)
-        for obj_id in assoc.matched:
-            self._tracks[obj_id].keep_alive = min(s.max_trk_keep_alive, self._tracks[obj_id].keep_alive + 1)
-        for obj_id in assoc.unmatched:
-            self._tracks[obj_id].keep_alive = max(s.min_trk_keep_alive, self._tracks[obj_id].keep_alive - 1)
-        # periodic re-anchoring on confident detections
-        recond: dict[int, int] = {}
-        if s.recondition_every_nth_frame > 0 and t % s.recondition_every_nth_frame == 0:
-            index = {tr.obj_id: i for i, tr in enumerate(tracks)}
-            for obj_id, d in assoc.high_conf.items():
-                # transformers compares the tracker's *logit* with high_conf_thresh; kept as is
-                if step["score"][index[obj_id]] > s.high_conf_thresh:
-                    recond[obj_id] = d
-        if tracks:
-            trk_masks = self._suppress_recently_occluded(tracks, trk_masks, t)
-            self._encode_track_memories(tracks, trk_masks, recond, det, trk_feats, t)
-        new_tracks = self._add_objects(tracks, step, recond, det, new, trk_feats, t)
-        return trk_masks, new, new_tracks, recond
-
-    def _suppress_recently_occluded(self, tracks: list[ObjectTrack], trk_masks: np.ndarray, t: int) -> np.ndarray:
-        """Of two tracks of one prompt overlapping at IoU >= threshold, hide the one occluded more recently."""
-        thr = self.settings.suppress_overlapping_based_on_recent_occlusion_threshold
-        binary = trk_masks > 0
-        last = np.array([tr.last_occluded for tr in tracks])
-        suppress = np.zeros(len(tracks), bool)
-        if thr > 0:
-            prompts = np.array([tr.prompt_id for tr in tracks])
-            for p in np.unique(prompts):
-                idx = np.flatnonzero(prompts == p)
-                if len(idx) <= 1:
-                    continue
-                pairs = np.triu(mk.mask_iou(binary[idx], binary[idx]) >= thr, k=1)
-                li, lj = last[idx][:, None], last[idx][None, :]
-                sup_i = (pairs & (li > lj) & (lj > -1)).any(axis=1)
-                sup_j = (pairs & (lj > li) & (li > -1)).any(axis=0)
-                suppress[idx] = sup_i | sup_j
-        occluded = ~binary.any(axis=(1, 2)) | suppress
-        for tr, occ in zip(tracks, occluded, strict=True):
-            if occ:
-                tr.last_occluded = t
-        out = trk_masks.copy()
-        out[suppress] = mk.NO_OBJ_LOGIT
-        return out
+    def _apply(self, tracks, decision: policy.MergeDecision, det: policy.Detections, step, trk_feats, t) -> list[ObjectTrack]:
+        """The decision applied to the memory banks: counters, re-anchoring, memories, new objects."""
+        for i, tr in enumerate(tracks):
+            tr.keep_alive = int(decision.keep_alive[i])
+            tr.last_occluded = int(decision.last_occluded[i])
+            if tr.obj_id in decision.recond:
+                tr.promote(t)
+        if tracks:  # `_tracker_update_memories`: memories of existing tracks from the merged masks
+            bits = self._encode(trk_feats, decision.memory_masks, np.zeros(len(tracks), bool), decision.memory_scores)
+            for tr, b in zip(tracks, bits, strict=True):
+                tr.entry(t).maskmem = b
+        return self._add_objects(tracks, decision, det, step, trk_feats, t)
 
     def _encode(self, trk_feats: dict[str, np.ndarray], masks: np.ndarray, binarize: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Memory encoder for N masks (logits at any size; resized like `_encode_new_memory`)."""
@@ -300,42 +239,29 @@ class Stream:
         )
         return mk.to_bfloat16(out[gc.MASKMEM_FEATURES])
 
-    def _encode_track_memories(self, tracks, trk_masks, recond, det, trk_feats, t) -> None:
-        """`_tracker_update_memories`: memories of existing tracks from the merged masks."""
-        s = self.settings
-        mem_in = trk_masks.copy()
-        for i, tr in enumerate(tracks):
-            if tr.obj_id in recond:
-                if not s.recondition_on_trk_masks:
-                    mem_in[i] = (det.masks[recond[tr.obj_id]] >= 0.5).astype(np.float32)
-                tr.promote(t)
-        mem_in = mk.suppress_shrunk(mem_in, np.array([tr.prompt_id for tr in tracks]))
-        scores = np.where((mem_in > 0).any(axis=(1, 2)), 10.0, -10.0)
-        bits = self._encode(trk_feats, mem_in, np.zeros(len(tracks), bool), scores)
-        for tr, b in zip(tracks, bits, strict=True):
-            tr.entry(t).maskmem = b
-
-    def _add_objects(self, tracks, step, recond, det, new, trk_feats, t) -> list[ObjectTrack]:
+    def _add_objects(self, tracks, decision: policy.MergeDecision, det: policy.Detections, step, trk_feats, t) -> list[ObjectTrack]:
         """`_tracker_add_new_objects`: new objects from detections (as conditioning frames).
 
         Like transformers, adding objects re-runs the tracker on this frame for every other
-        object that was not re-anchored, and re-encodes their memory from the tracker's own
-        mask, thresholded (the memory encoder binarises the whole batch once a mask prompt
-        is in it). The re-run would reproduce the step outputs exactly, so they are reused.
+        object that was not re-anchored (`decision.rerun`), and re-encodes their memory from
+        the tracker's own mask, thresholded (the memory encoder binarises the whole batch once
+        a mask prompt is in it). The re-run would reproduce the step outputs exactly, so they
+        are reused.
         """
-        if not new:
+        new = decision.new_dets
+        if len(new) == 0:
             return []
         binary = (det.masks[new] >= 0.5).astype(np.float32)  # (n, m, m)
         init = self.model.run(gc.TRACKER_INIT, {**trk_feats, gc.MASKS: binary[:, None]})
         new_tracks = []
-        for k, d in enumerate(new):
-            tr = ObjectTrack(self._next_id, int(det.prompt_ids[d]), float(det.scores[d]), t, keep_alive=self.settings.init_trk_keep_alive)
+        for k, (d, obj_id) in enumerate(zip(new, decision.new_obj_ids, strict=True)):
+            tr = ObjectTrack(int(obj_id), int(det.prompt_ids[d]), float(det.scores[d]), t, keep_alive=self.settings.init_trk_keep_alive)
             tr.cond[t] = MemoryEntry(init[gc.OBJECT_POINTER][k].copy())
-            self._next_id += 1
             new_tracks.append(tr)
+        self._next_id = int(decision.new_obj_ids[-1]) + 1
         size = (self._image, self._image)
-        rerun = [i for i, tr in enumerate(tracks) if tr.obj_id not in recond]
-        hr_existing = resize(step["low"][rerun], size, axes=(1, 2), antialias=False) if rerun else np.zeros((0, *size), np.float32)
+        rerun = decision.rerun
+        hr_existing = resize(step["low"][rerun], size, axes=(1, 2), antialias=False) if len(rerun) else np.zeros((0, *size), np.float32)
         hr_new = resize(binary, size, axes=(1, 2), antialias=True) * 20.0 - 10.0
         hr = np.concatenate([hr_existing, hr_new])
         scores = np.concatenate([step["score"][rerun], init[gc.OBJECT_SCORE_LOGITS][:, 0]])
@@ -348,12 +274,13 @@ class Stream:
             self._tracks[tr.obj_id] = tr
         return new_tracks
 
-    def _outputs(self, hw, tracks, step, trk_masks, new_tracks, new, recond, det, t) -> FrameResult:
+    def _outputs(self, hw, tracks, new_tracks, decision: policy.MergeDecision, det: policy.Detections, step, t) -> FrameResult:
         """`build_outputs` + the video processor's post-processing, at input resolution."""
         h, w = int(hw[0]), int(hw[1])
-        low = [det.masks[recond[tr.obj_id]] if tr.obj_id in recond else trk_masks[i] for i, tr in enumerate(tracks)]
+        recond = decision.recond
+        low = [det.masks[recond[tr.obj_id]] if tr.obj_id in recond else decision.shown[i] for i, tr in enumerate(tracks)]
         if new_tracks:  # new objects are shown as their (hole-filled) detection masks
-            new_low = det.masks[new]
+            new_low = det.masks[decision.new_dets]
             low += list(mk.fill_holes(new_low, self.settings.fill_hole_area) if self.options.fill_holes else new_low)
         every = [*tracks, *new_tracks]
         ids = np.array([tr.obj_id for tr in every], np.int64)
@@ -364,22 +291,22 @@ class Stream:
             logits = resize(np.stack(low), (h, w), axes=(1, 2), antialias=False)
         else:
             logits = np.zeros((0, h, w), np.float32)
-        masks = logits > 0
-        keep = masks.any(axis=(1, 2))
-        ids, prompt_ids, scores, tscores, masks, logits = (a[keep] for a in (ids, prompt_ids, scores, tscores, masks, logits))
-        masks = mk.object_wise_non_overlap(masks, tscores, prompt_ids)
-        label = np.zeros((h, w), np.uint8)
-        if len(masks):
-            conf = np.where(masks, sigmoid(logits), -1.0)
-            label = np.where(masks.any(axis=0), prompt_ids[np.argmax(conf, axis=0)] + 1, 0).astype(np.uint8)
-        return FrameResult(t, self.prompts, ids, prompt_ids, masks, scores, tscores, mk.boxes_from_masks(masks), label)
+        shown = policy.frame_objects(logits, prompt_ids, tscores)
+        k = shown.keep
+        boxes = mk.boxes_from_masks(shown.masks)
+        return FrameResult(t, self.prompts, ids[k], prompt_ids[k], shown.masks, scores[k], tscores[k], boxes, shown.label_map)
 
-    def _finish_frame(self, result: FrameResult, t: int) -> None:
-        shown = set(result.object_ids.tolist())
+    def _finish_frame(self, result: FrameResult, t: int) -> tuple[np.ndarray, ...]:
+        """Forget objects by the policy; prune every remaining bank to what later frames read."""
         s = self.settings
-        for tr in list(self._tracks.values()):
-            tr.empty_frames = 0 if tr.obj_id in shown else tr.empty_frames + 1
-            if self.options.forget_after is not None and tr.empty_frames >= self.options.forget_after:
+        tracks = list(self._tracks.values())
+        ids = np.array([tr.obj_id for tr in tracks], np.int64)
+        counts = np.array([tr.empty_frames for tr in tracks], np.int64)
+        empty, removed = policy.forget(ids, counts, result.object_ids, self.policy.forget_after)
+        for tr, n, gone in zip(tracks, empty, removed, strict=True):
+            tr.empty_frames = int(n)
+            if gone:
                 del self._tracks[tr.obj_id]
-                continue
-            tr.prune(t, num_maskmem=s.num_maskmem, max_pointers=s.max_object_pointers_in_encoder, max_cond=self.max_cond)
+            else:
+                tr.prune(t, num_maskmem=s.num_maskmem, max_pointers=s.max_object_pointers_in_encoder, max_cond=self.max_cond)
+        return ids, counts, result.object_ids, empty, removed
