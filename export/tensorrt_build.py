@@ -380,6 +380,7 @@ def _build_all(trt: Any, root: Path, manifest: Manifest, plan: BuildPlan, stagin
                 pinned_fp32=tuple(sorted(pinned)),
                 build={
                     "medsam3_rt": __version__,
+                    "tensorrt_version": plan.env.tensorrt_raw or plan.env.tensorrt,  # as trt.__version__ said it
                     "created": created,
                     "workspace_gb": opts.workspace_gb,
                     "optimization_level": opts.optimization_level,

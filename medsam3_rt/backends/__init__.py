@@ -17,12 +17,14 @@ from importlib import metadata
 
 from ..errors import BackendUnavailableError, UsageError
 from ..manifest import Manifest
+from . import ort_install
 from .base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, as_numpy
 from .openvino import OpenVinoBackend
 from .ort import OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
 from .tensorrt import TensorrtBackend
 
 log = logging.getLogger(__name__)
+ort_install.warn_if_conflicting()  # onnxruntime and onnxruntime-gpu both installed: say so with the fix
 
 BACKENDS: dict[str, type[Backend]] = {
     b.name: b for b in (TensorrtBackend, OrtTensorrtBackend, OrtCudaBackend, OrtCpuBackend, OpenVinoBackend)

@@ -25,6 +25,7 @@ import numpy as np
 from .. import engines as eng
 from ..errors import BackendUnavailableError, ModelError, UsageError, first_line
 from ..manifest import GraphEntry
+from . import ort_options
 from .base import Availability, Backend, DeviceTensor, GraphRunner, Tensor, as_numpy, run_chunked
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,27 @@ class OrtDeviceTensor(DeviceTensor):
         return self.value.numpy()
 
 
+def is_static(entry: GraphEntry) -> bool:
+    """Whether every input of the graph has fixed dims (no P/N/M/K axis)."""
+    return all(isinstance(d, int) for t in entry.spec.inputs for d in t.shape)
+
+
 class OrtRunner(GraphRunner):
     accepts_device_tensors = True
 
-    def __init__(self, entry: GraphEntry, path: Path, session: Any, io_device: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, entry: GraphEntry, path: Path, session: Any, io_device: tuple[str, int] | None = None, *, fixed_io: bool = False
+    ) -> None:
         super().__init__(entry)
         self.session = session
         self.path = path
         self.io_device = io_device  # ("cuda", device_id): bind device outputs there
+        # CUDA graphs replay the captured kernels on the captured addresses: with `fixed_io`
+        # every input and output lives in one device OrtValue allocated once and updated in
+        # place, bound once; outputs come back as host copies (the next replay overwrites them).
+        self.fixed_io = fixed_io and io_device is not None
+        self._fixed: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+        self._dtypes = {t.name: np.dtype(t.dtype) for t in self.spec.inputs}
         self.batch_axis = eng.batch_axis(entry.spec)
         self.max_batch: int | None = None  # ort-trt: the profile's max along the batch axis; larger batches are chunked
         self.check_declared_io(
@@ -86,6 +100,8 @@ class OrtRunner(GraphRunner):
         return chunked if chunked is not None else self._run_direct(feeds)
 
     def _run_direct(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if self.fixed_io:
+            return self._run_fixed(feeds)
         if self.io_device is None or not (self.device_outputs or any(isinstance(v, OrtDeviceTensor) for v in feeds.values())):
             values = self.session.run(self._outputs, {k: as_numpy(v) for k, v in feeds.items()})
             return dict(zip(self._outputs, values))
@@ -112,13 +128,38 @@ class OrtRunner(GraphRunner):
             out[name] = OrtDeviceTensor(value) if name in self.device_outputs else value.numpy()
         return out
 
+    def _run_fixed(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Same device addresses every run (what a captured CUDA graph needs); inputs updated in place."""
+        assert self.io_device is not None
+        ort = _ort()
+        device_type, device_id = self.io_device
+        if self._fixed is None:
+            binding = self.session.io_binding()
+            inputs, outputs = {}, {}
+            for t in self.spec.inputs:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(list(t.shape), np.dtype(t.dtype).type, device_type, device_id)
+                binding.bind_ortvalue_input(t.name, value)
+                inputs[t.name] = value
+            for t in self.spec.outputs:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(list(t.shape), np.dtype(t.dtype).type, device_type, device_id)
+                binding.bind_ortvalue_output(t.name, value)
+                outputs[t.name] = value
+            self._fixed = (binding, inputs, outputs)
+        binding, inputs, outputs = self._fixed
+        for name, value in feeds.items():
+            inputs[name].update_inplace(np.ascontiguousarray(as_numpy(value), dtype=self._dtypes[name]))
+        self.session.run_with_iobinding(binding)
+        return {name: np.array(outputs[name].numpy(), copy=True) for name in self._outputs}  # never a view of the replayed buffer
+
     def close(self) -> None:
+        self._fixed = None
         self.session = None
 
 
 class _OrtBackend(Backend):
     provider: ClassVar[str]
     io_device: ClassVar[str | None] = None  # device type for I/O binding ("cuda"); None = plain host runs
+    dropped_options: tuple[str, ...] = ()  # provider option keys the installed onnxruntime does not know
 
     @classmethod
     def probe(cls) -> Availability:
@@ -133,6 +174,25 @@ class _OrtBackend(Backend):
 
     def providers(self, entry: GraphEntry | None = None) -> list[Any]:
         return ["CPUExecutionProvider"]
+
+    def _accepted(self, provider: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Only the keys this onnxruntime's provider parses (it rejects unknown ones); log the rest."""
+        version = str(_ort().__version__)
+        result = ort_options.filter_options(provider, options, version)
+        if result.dropped:
+            self.dropped_options = tuple(dict.fromkeys((*getattr(self, "dropped_options", ()), *result.dropped)))
+            log.warning("%s: onnxruntime %s's %s does not know %s; not passed", self.name, version, provider, ", ".join(result.dropped))
+            if "use_tf32" in result.dropped:
+                log.warning("%s: without use_tf32 set NVIDIA_TF32_OVERRIDE=0 to keep fp32 matmuls exact", self.name)
+        return result.options
+
+    def cuda_graph_for(self, entry: GraphEntry | None) -> bool:
+        """CUDA graphs only where they are valid: asked for, and every input shape of the graph is fixed.
+
+        A captured graph replays fixed kernels on fixed addresses; graphs with symbolic axes
+        (P prompts, N objects, M memories) change shape between runs, so they run uncaptured.
+        """
+        return bool(self.options.cuda_graph) and entry is not None and self.io_device is not None and is_static(entry)
 
     def session_options(self) -> Any:
         ort = _ort()
@@ -159,7 +219,7 @@ class _OrtBackend(Backend):
             )
         log.debug("%s: %s on %s", self.name, path.name, active)
         io = (self.io_device, self.options.device_id) if self.io_device else None
-        return OrtRunner(entry, path, session, io)
+        return OrtRunner(entry, path, session, io, fixed_io=self.cuda_graph_for(entry))
 
 
 class OrtCpuBackend(_OrtBackend):
@@ -193,7 +253,10 @@ class OrtCudaBackend(_OrtBackend):
         return cuda
 
     def providers(self, entry: GraphEntry | None = None) -> list[Any]:
-        return [("CUDAExecutionProvider", self.cuda_options()), "CPUExecutionProvider"]
+        cuda = self.cuda_options()
+        if self.cuda_graph_for(entry):
+            cuda["enable_cuda_graph"] = True
+        return [("CUDAExecutionProvider", self._accepted(ort_options.CUDA, cuda)), "CPUExecutionProvider"]
 
 
 class OrtTensorrtBackend(_OrtBackend):
@@ -218,7 +281,7 @@ class OrtTensorrtBackend(_OrtBackend):
             # Norm layers overflow in fp16 (ViT activations reach ~1e3): keep them fp32, like the builder.
             "trt_layer_norm_fp32_fallback": precision != "fp32",
             "trt_builder_optimization_level": 3,
-            "trt_cuda_graph_enable": self.options.cuda_graph,
+            "trt_cuda_graph_enable": self.cuda_graph_for(entry),
         }
         if self.options.gpu_mem_limit_bytes:
             trt["trt_max_workspace_size"] = self.options.gpu_mem_limit_bytes
@@ -238,8 +301,15 @@ class OrtTensorrtBackend(_OrtBackend):
         return runner
 
     def providers(self, entry: GraphEntry | None = None) -> list[Any]:
+        trt = self.trt_options(entry)
+        version = str(_ort().__version__)
+        if trt["trt_bf16_enable"] and not ort_options.known(ort_options.TENSORRT, "trt_bf16_enable", version):
+            raise UsageError(
+                f"ort-trt bf16 needs trt_bf16_enable, which onnxruntime-gpu {version} does not have (1.23 does); "
+                "use precision fp16, TensorRT engines (`medsam3-rt build --precision bf16`), or a newer onnxruntime-gpu"
+            )
         return [
-            ("TensorrtExecutionProvider", self.trt_options(entry)),
-            ("CUDAExecutionProvider", {"device_id": self.options.device_id, "use_tf32": False}),
+            ("TensorrtExecutionProvider", self._accepted(ort_options.TENSORRT, trt)),
+            ("CUDAExecutionProvider", self._accepted(ort_options.CUDA, {"device_id": self.options.device_id, "use_tf32": False})),
             "CPUExecutionProvider",
         ]

@@ -72,7 +72,8 @@ def gpu_environment(device_id: int = 0) -> eng.GpuEnvironment:
     """TensorRT version and the GPU's name and compute capability (no device memory allocated)."""
     trt = tensorrt_module()
     name, cc = _cuda.device_properties(device_id)
-    return eng.GpuEnvironment(tensorrt=str(trt.__version__), device_name=name, compute_capability=cc)
+    raw = str(trt.__version__)
+    return eng.GpuEnvironment(eng.normalize_tensorrt_version(raw), name, cc, tensorrt_raw=raw)
 
 
 def numpy_dtype(trt_dtype: Any) -> str:
