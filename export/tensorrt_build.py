@@ -27,6 +27,7 @@ written on); tests drive this code against a named stand-in of the `tensorrt` mo
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import os
 import shutil
@@ -58,7 +59,23 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 INT8_GRAPHS = (gc.IMAGE_BACKBONE,)  # ~95 % of the compute; the heads stay at --precision
-TIMING_CACHE = f"{eng.ENGINE_DIR}/timing.cache"
+
+
+def timing_cache_name(env: eng.GpuEnvironment) -> str:
+    """engines/timing.<sm>.<gpu>.trt<version>.cache: tactic timings only hold for that GPU model and TensorRT."""
+    slug = "".join(c if c.isalnum() else "-" for c in env.device_name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"{eng.ENGINE_DIR}/timing.sm{env.compute_capability.replace('.', '')}.{slug[:48]}.trt{env.tensorrt}.cache"
+
+
+def calibration_cache_name(graph: str, onnx_sha256: str, batches: Sequence[np.ndarray]) -> str:
+    """engines/<graph>.int8.<graph hash>.<calibration-set hash>.calib: never reused across re-exports or new images."""
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(str(b.shape).encode() + str(b.dtype).encode())
+        h.update(np.ascontiguousarray(b).tobytes())
+    return f"{eng.ENGINE_DIR}/{graph}.int8.{onnx_sha256[:12]}.{h.hexdigest()[:12]}.calib"
 
 
 @dataclass(frozen=True)
@@ -161,7 +178,7 @@ def plan_build(model_dir: Path, manifest: Manifest, options: BuildOptions, env: 
                 profile=eng.derive_profile(entry.spec, ranges),
             )
         )
-    cache = options.timing_cache or model_dir / TIMING_CACHE
+    cache = options.timing_cache or model_dir / timing_cache_name(env)
     return BuildPlan(model_dir, env, options, tuple(plans), Path(cache))
 
 
@@ -267,12 +284,18 @@ def _build_one(
         config.set_flag(trt.BuilderFlag.INT8)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         config.int8_calibrator = calibrator
+        floats = {getattr(trt, n, None) for n in ("float32", "float16", "bfloat16")} - {None}
+        shape_layer = getattr(trt.LayerType, "SHAPE", None)
         for i in range(network.num_layers):
             layer = network.get_layer(i)
-            if _layer_is_pinned(layer, trt, pinned):
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
+            if layer.type == shape_layer or not _layer_is_pinned(layer, trt, pinned):
+                continue
+            outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
+            if not outputs:
+                continue  # shape/index tensors stay INT32/INT64; setting fp32 on them is an error TensorRT logs
+            layer.precision = trt.float32
+            for j in outputs:
+                layer.set_output_type(j, trt.float32)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatible:
@@ -311,6 +334,9 @@ def build_engines(
     manifest = load_manifest(root)
     trt = tensorrt_module()
     env = gpu_environment(opts.device_id)
+    # Build where we report: the builder, calibrator and timing cache use the current device of
+    # this thread, which is 0 unless selected.
+    _cuda.set_device(opts.device_id)
     plan = plan_build(root, manifest, opts, env)
     for line in plan.describe():
         say(line)
@@ -342,7 +368,14 @@ def _build_all(trt: Any, root: Path, manifest: Manifest, plan: BuildPlan, stagin
     cache_blob = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
     logger = _Logger(trt)  # one logger and builder for every graph; both must outlive the builds
     builder = trt.Builder(logger.logger)
-    cache = builder.create_builder_config().create_timing_cache(cache_blob)
+    probe = builder.create_builder_config()
+    cache = probe.create_timing_cache(cache_blob)
+    if cache_blob and not probe.set_timing_cache(cache, False):
+        # Measured on another GPU model or TensorRT (a --timing-cache shared between machines):
+        # those timings are wrong here, so start empty (and overwrite it) instead of failing the build.
+        say(f"timing cache {plan.timing_cache} was measured on another GPU or TensorRT; starting a new one")
+        logger.logger.errors.clear()  # TensorRT logged the mismatch as an error; it is handled
+        cache = probe.create_timing_cache(b"")
     entries = []
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     for gp in plan.graphs:
@@ -358,7 +391,7 @@ def _build_all(trt: Any, root: Path, manifest: Manifest, plan: BuildPlan, stagin
         if gp.int8:
             assert opts.calib_dir is not None
             batches = _calibration_batches(opts.calib_dir, manifest, opts.calib_images)
-            calibrator = _calibrator(trt, batches, root / eng.ENGINE_DIR / f"{gp.graph}.int8.calib")
+            calibrator = _calibrator(trt, batches, root / calibration_cache_name(gp.graph, gp.onnx_sha256, batches))
         say(f"building {gp.graph} ({', '.join(gp.flags)})")
         data = _build_one(trt, builder, logger, gp, network_onnx, opts, cache, pinned, calibrator)
         path = staging / Path(gp.engine_file).name

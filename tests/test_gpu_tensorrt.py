@@ -97,7 +97,7 @@ def test_fp16_build_records_everything(built_fp16, standin) -> None:
     assert by_graph[gc.DETECTOR].build["pinned_fp32_summary"]["attention softmax"] >= 1
     headers = [h for h in trt.Builder.built if h["strongly_typed"]]
     assert headers and all(not {"FP16", "BF16", "INT8"} & set(h["flags"]) for h in headers)  # precision lives in the graph
-    assert (root / tb.TIMING_CACHE).is_file()
+    assert result.plan.timing_cache.is_file() and result.plan.timing_cache.name.startswith("timing.sm90.stand-in-gpu-host")
     assert not list((root / "engines").glob(".staging*"))
     # The gate measured real fp16 arithmetic: the deltas are small but not zero.
     delta = by_graph[gc.DETECTOR].accuracy["graph_deltas"][gc.DETECTOR]["pred_masks.max_rel"]
@@ -306,7 +306,9 @@ def test_int8_backbone_build_runs_the_calibrator(standin, tiny_export: Path, tmp
     weak = [h for h in headers if not h["strongly_typed"]]
     assert len(weak) == 1 and {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} <= set(weak[0]["flags"])
     assert weak[0]["fp32_layers"] and any("softmax" in n.lower() for n in weak[0]["fp32_layers"])
-    assert (root / "engines" / "image_backbone.int8.calib").read_bytes() == b"standin-calibration:4"
+    (cache,) = (root / "engines").glob("image_backbone.int8.*.calib")  # keyed by graph hash + calibration set
+    assert cache.read_bytes() == b"standin-calibration:4"
+    assert not trt.logger_errors if hasattr(trt, "logger_errors") else True
     backbone = next(e for e in result.entries if e.graph == gc.IMAGE_BACKBONE)
     assert "int8" in backbone.flags and ".fp16-int8." in backbone.file and backbone.label == "fp16+int8"
     assert result.report.validation_set.startswith(str(calib))
@@ -322,7 +324,10 @@ def test_plan_rules(standin, tiny_export: Path) -> None:
     plan = tb.plan_build(tiny_export, m, tb.BuildOptions(precision="bf16", graphs=(gc.DETECTOR,), version_compatible=True), env)
     (gp,) = plan.graphs
     assert gp.flags == ("bf16", "strongly_typed", "version_compatible") and gp.engine_file.endswith("detector.bf16.sm90.trt11.4.0.engine")
-    assert gp.profile[gc.TEXT_MASK].max == (16, 32) and plan.timing_cache == tiny_export / "engines" / "timing.cache"
+    assert (
+        gp.profile[gc.TEXT_MASK].max == (16, 32)
+        and plan.timing_cache == tiny_export / "engines" / "timing.sm90.nvidia-h100-80gb-hbm3.trt11.4.0.cache"
+    )
     with pytest.raises(UsageError, match="--graph tracker_step"):
         tb.plan_build(tiny_export, m, tb.BuildOptions(graphs=("tracker_step",)), env)
     for bad in ({"precision": "int4"}, {"workspace_gb": 0}, {"max_dice_drop": -1}, {"optimization_level": 9}, {"prompts": ()}):
@@ -358,3 +363,82 @@ def test_concurrent_segments_on_one_tensorrt_model(built_fp32) -> None:
     for i, g in enumerate(got):
         np.testing.assert_allclose(g.scores, want[i % 4].scores, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(g.masks, want[i % 4].masks)
+
+
+# -- contracts the stand-ins now enforce (each failed before the fix) ------------------------
+
+
+def test_device_n_builds_probes_and_runs_on_device_n_from_any_thread(standin, tiny_export: Path, tmp_path: Path) -> None:
+    """--device 1 builds on GPU 1 (not only records it), auto-selection probes GPU 1, and a worker
+    thread (whose current device starts at 0, as in CUDA) still runs on GPU 1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medsam3_rt.backends import resolve
+
+    _, cudart = standin
+    cudart.state.device_count = 2
+    try:
+        root = _copy(tiny_export, tmp_path / "dev1")
+        result = tb.build_engines(root, tb.BuildOptions(precision="fp32", device_id=1, axes={"P": eng.AxisRange(1, 1, 2)}))
+        assert {e.device_name for e in result.entries} == {cudart.OTHER_DEVICE_NAME}
+        m = load_manifest(root, verify="none")
+        assert resolve("auto", BackendOptions(device_id=1), manifest=m).name == "tensorrt"
+        assert resolve("auto", BackendOptions(device_id=0), manifest=m).name != "tensorrt"  # no engine for GPU 0
+        img = phantom(60, 70, seed=3)
+        with medsam3_rt.load(root, "tensorrt", options=BackendOptions(device_id=1), verify="none") as seg, _ort(root) as ref:
+            want = ref.segment(img, ["polyp"])
+            with ThreadPoolExecutor(1) as pool:
+                got = pool.submit(seg.segment, img, ["polyp"]).result()
+        np.testing.assert_array_equal(got.masks, want.masks)
+    finally:
+        cudart.state.device_count = 1
+        cudart.cudaSetDevice(0)
+
+
+def test_timing_cache_from_another_gpu_is_not_fatal(standin, built_fp32, tmp_path: Path) -> None:
+    _, cudart = standin
+    root = _copy(built_fp32, tmp_path / "tc")
+    shared = tmp_path / "shared.cache"
+    cudart.state.device_count = 2
+    try:
+        tb.build_engines(root, tb.BuildOptions(precision="fp32", device_id=1, timing_cache=shared, axes={"P": eng.AxisRange(1, 1, 2)}))
+        lines: list[str] = []
+        tb.build_engines(
+            root, tb.BuildOptions(precision="fp32", timing_cache=shared, axes={"P": eng.AxisRange(1, 1, 2)}), progress=lines.append
+        )
+    finally:
+        cudart.state.device_count = 1
+        cudart.cudaSetDevice(0)
+    assert any("measured on another GPU" in line for line in lines)
+    assert json.loads(shared.read_bytes())["device"] == cudart.DEVICE_NAME  # replaced by this GPU's timings
+
+
+def test_int8_calibration_cache_is_not_reused_across_reexports(standin, tiny_export: Path, tmp_path: Path) -> None:
+    import cv2
+
+    trt, _ = standin
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(calib / f"c{i}.png"), phantom(80, 100, seed=i))
+    root = _copy(tiny_export, tmp_path / "q")
+    opts = tb.BuildOptions(precision="fp16", int8=True, calib_dir=calib, graphs=tuple(gc.DETECTOR_GRAPHS))
+    tb.build_engines(root, opts)
+    cv2.imwrite(str(calib / "c2.png"), phantom(80, 100, seed=7))  # a new calibration set
+    tb.build_engines(root, opts)
+    assert len(list((root / "engines").glob("image_backbone.int8.*.calib"))) == 2  # calibrated again, not read back
+
+
+def test_int8_pinning_leaves_shape_tensors_alone(standin, tiny_export: Path, tmp_path: Path, caplog) -> None:
+    """Setting fp32 on an INT64 shape tensor is an error TensorRT logs (it became the build's last_error)."""
+    import logging
+
+    import cv2
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    cv2.imwrite(str(calib / "c0.png"), phantom(80, 100, seed=0))
+    root = _copy(tiny_export, tmp_path / "s")
+    with caplog.at_level(logging.ERROR):
+        tb.build_engines(root, tb.BuildOptions(precision="fp16", int8=True, calib_dir=calib, graphs=tuple(gc.DETECTOR_GRAPHS)))
+    assert "TensorRT:" not in caplog.text

@@ -89,7 +89,7 @@ def resolve(name: str, options: BackendOptions | None = None, *, manifest: Manif
         for candidate in AUTO_ORDER:
             status = BACKENDS[candidate].probe()
             if status.ok and manifest is not None:
-                status = BACKENDS[candidate].supports(manifest)
+                status = BACKENDS[candidate].supports(manifest, options)
             if status.ok:
                 log.info("backend auto -> %s%s", candidate, f" (skipped: {'; '.join(skipped)})" if skipped else "")
                 return BACKENDS[candidate](options)

@@ -160,8 +160,8 @@ class Backend(ABC):
         self.options = options or BackendOptions()
 
     @classmethod
-    def supports(cls, manifest: Manifest) -> Availability:
-        """Whether this backend has what it needs for this export (e.g. engines built for this GPU)."""
+    def supports(cls, manifest: Manifest, options: BackendOptions | None = None) -> Availability:
+        """Whether this backend has what it needs for this export (e.g. engines built for the selected GPU)."""
         return Availability(True)
 
     @abstractmethod

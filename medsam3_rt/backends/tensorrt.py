@@ -101,10 +101,10 @@ class TensorrtBackend(Backend):
         return Availability(True)
 
     @classmethod
-    def supports(cls, manifest: Manifest) -> Availability:
-        """Auto-selection only takes this backend when every graph has an engine for this GPU."""
+    def supports(cls, manifest: Manifest, options: BackendOptions | None = None) -> Availability:
+        """Auto-selection only takes this backend when every graph has an engine for the selected GPU."""
         try:
-            env = gpu_environment(0)
+            env = gpu_environment((options or BackendOptions()).device_id)
         except BackendUnavailableError as e:
             return Availability(False, e.reason)
         missing = []
@@ -179,6 +179,7 @@ class TensorrtBackend(Backend):
         eng.verify_engine_bytes(engine_entry, data, model_dir)
         with self.lock:
             self._start()
+            _cuda.set_device(self.device_id)  # graphs may be opened lazily, from another thread than the first
             if "version_compatible" in engine_entry.flags:
                 self._runtime.engine_host_code_allowed = True  # such engines embed their lean runtime
             engine = self._runtime.deserialize_cuda_engine(data)
@@ -257,6 +258,9 @@ class TensorrtRunner(GraphRunner):
 
     def _run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         with self.backend.lock:
+            # The current CUDA device is per host thread: a thread that never selected it runs on
+            # device 0, where this engine's stream and buffers do not live. Cheap; every call.
+            _cuda.set_device(self.device_id)
             chunked = run_chunked(self.spec, feeds, self.batch_axis, self.max_batch(), lambda f: self._run_once(f, allow_device=False))
             return chunked if chunked is not None else self._run_once(feeds, allow_device=True)
 
@@ -349,6 +353,7 @@ class TensorrtRunner(GraphRunner):
         self._closed = True
         with self.backend.lock:
             if self.backend.stream is not None:
+                _cuda.set_device(self.device_id)
                 self.backend.stream.synchronize()
             for g in self._graphs.values():
                 g.close()
