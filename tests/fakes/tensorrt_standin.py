@@ -60,6 +60,17 @@ def _deprecated(what: str, since: tuple[int, int], instead: str) -> None:
 
 
 deprecations: list[str] = []
+# What the stand-in warns about, since when, and the real bindings' docstring text that says so
+# (tests/test_gpu_standins.py finds each text in the real tensorrt_cu12_bindings module).
+DEPRECATED = {
+    "IBuilderConfig.int8_calibrator": ((10, 1), "Deprecated in TensorRT 10.1. Superseded by explicit quantization."),
+    "BuilderFlag.FP16": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "BuilderFlag.BF16": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "BuilderFlag.INT8": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "BuilderFlag.OBEY_PRECISION_CONSTRAINTS": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "ILayer.precision": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "ILayer.set_output_type": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+}
 MAGIC = b"TRTSTANDIN\0"
 
 
@@ -393,6 +404,7 @@ class Runtime:
 
     def __init__(self, logger: ILogger) -> None:
         self.logger = logger
+        self.engine_host_code_allowed = False  # version-compatible engines need it (lean runtime inside)
 
     def deserialize_cuda_engine(self, data: bytes) -> ICudaEngine | None:
         if not data.startswith(MAGIC):
