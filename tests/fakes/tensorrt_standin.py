@@ -106,6 +106,8 @@ class DataType(enum.Enum):
 
 
 float32 = DataType.FLOAT
+float16 = DataType.HALF
+bfloat16 = DataType.BF16
 _ONNX_TO_DT = {
     onnx.TensorProto.FLOAT: DataType.FLOAT,
     onnx.TensorProto.FLOAT16: DataType.HALF,
