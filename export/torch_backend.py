@@ -40,7 +40,7 @@ import torch
 
 from medsam3_rt.backends.base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, Tensor, as_numpy
 from medsam3_rt.errors import BackendUnavailableError, CheckpointError, UsageError
-from medsam3_rt.manifest import GraphEntry, Manifest, load_manifest
+from medsam3_rt.manifest import GraphEntry, Manifest
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, random_checkpoint
 from .graphs import build_graph_module
@@ -133,13 +133,6 @@ class TorchBackend(Backend):
         self.device, self.dtype = _device_and_dtype(self.options)
         self._checkpoint = checkpoint
         self._lock = threading.Lock()
-        self._manifests: dict[Path, Manifest] = {}
-
-    def _manifest(self, model_dir: Path) -> Manifest:
-        key = model_dir.resolve()
-        if key not in self._manifests:
-            self._manifests[key] = load_manifest(model_dir, verify="none")
-        return self._manifests[key]
 
     def checkpoint(self, manifest: Manifest) -> LoadedCheckpoint:
         with self._lock:
@@ -152,7 +145,7 @@ class TorchBackend(Backend):
             return self._checkpoint
 
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:
-        manifest = self._manifest(model_dir)
+        manifest = self.manifest_for(model_dir)
         ckpt = self.checkpoint(manifest)
         try:
             module = build_graph_module(entry.name, ckpt, manifest.dims)

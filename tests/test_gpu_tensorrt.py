@@ -476,3 +476,14 @@ def test_int8_pinning_leaves_shape_tensors_alone(standin, tmp_path: Path) -> Non
     assert errors == [] and network.get_layer(0).output_types == {0: trt.float32}
     network.get_layer(1).set_output_type(0, trt.float32)  # what the old loop did: TensorRT logs an error
     assert errors and "shape tensor" in errors[0]
+
+
+def test_open_reads_the_attached_manifest_not_the_disk(standin, built_fp32) -> None:
+    """`Model` attaches the manifest it validated; the backend takes engine entries from it."""
+    from dataclasses import replace
+
+    m = load_manifest(built_fp32, verify="none")
+    backend = TensorrtBackend()
+    backend.attach(replace(m, engines=()), built_fp32)
+    with pytest.raises(EngineIncompatibleError, match="none built"):
+        backend.open(m.graphs[gc.TEXT_ENCODER], built_fp32)

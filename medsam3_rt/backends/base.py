@@ -158,6 +158,24 @@ class Backend(ABC):
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()
+        self._models: dict[Path, Manifest] = {}
+
+    def attach(self, manifest: Manifest, model_dir: Path) -> None:
+        """The model context: `Model` hands over the manifest it validated before opening graphs.
+
+        Backends that need more than a graph entry (TensorRT: the engine entries; torch: the
+        checkpoint's source) read it with `manifest_for` instead of re-reading manifest.json.
+        """
+        self._models[Path(model_dir).resolve()] = manifest
+
+    def manifest_for(self, model_dir: Path) -> Manifest:
+        """The attached manifest of `model_dir`, or (a backend used without `Model`) the one on disk."""
+        key = Path(model_dir).resolve()
+        if key not in self._models:
+            from ..manifest import load_manifest
+
+            self._models[key] = load_manifest(model_dir, verify="none")  # graph files are verified by Model
+        return self._models[key]
 
     @classmethod
     def supports(cls, manifest: Manifest, options: BackendOptions | None = None) -> Availability:

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import engines as eng
 from ..errors import BackendUnavailableError, EngineIncompatibleError, InputError, InternalError, first_line
-from ..manifest import GraphEntry, Manifest, load_manifest
+from ..manifest import GraphEntry, Manifest
 from . import _cuda
 from .base import Availability, Backend, BackendOptions, GraphRunner, Tensor, as_numpy, run_chunked
 
@@ -129,7 +129,6 @@ class TensorrtBackend(Backend):
         self.stream: _cuda.Stream | None = None
         self._runtime: Any = None
         self._env: eng.GpuEnvironment | None = None
-        self._manifests: dict[Path, Manifest] = {}
         self._open_runners = 0
 
     @property
@@ -149,17 +148,11 @@ class TensorrtBackend(Backend):
             self._logger = trt.Logger(trt.Logger.WARNING)  # must outlive the runtime
             self._runtime = trt.Runtime(self._logger)
 
-    def _manifest(self, model_dir: Path) -> Manifest:
-        key = model_dir.resolve()
-        if key not in self._manifests:
-            self._manifests[key] = load_manifest(model_dir, verify="none")  # Model already verified the graph files
-        return self._manifests[key]
-
     def engine_for(self, entry: GraphEntry, model_dir: Path) -> eng.EngineEntry:
         if entry.name in self._explicit:
             return self._explicit[entry.name]
         env = self.environment()
-        found, reasons = eng.select_engine(self._manifest(model_dir).engines, entry.name, env, self.options.precision)
+        found, reasons = eng.select_engine(self.manifest_for(model_dir).engines, entry.name, env, self.options.precision)
         if found is None:
             wanted = f" {self.options.precision}" if self.options.precision else ""
             raise EngineIncompatibleError(
@@ -171,7 +164,7 @@ class TensorrtBackend(Backend):
 
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:
         engine_entry = self.engine_for(entry, model_dir)
-        manifest = self._manifest(model_dir)
+        manifest = self.manifest_for(model_dir)
         source = manifest.files.get(entry.file)
         # Everything that can be decided from the manifest is decided before deserialising.
         eng.check_compatible(engine_entry, self.environment(), model_dir, source.sha256 if source else None)
