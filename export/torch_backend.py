@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam3_rt.backends.base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, Tensor, as_numpy
+from medsam3_rt.backends.base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, Tensor, TorchOptions, as_numpy
 from medsam3_rt.errors import BackendUnavailableError, CheckpointError, UsageError
 from medsam3_rt.manifest import GraphEntry, Manifest
 
@@ -64,7 +64,7 @@ class TorchDeviceTensor(DeviceTensor):
         return self.tensor.detach().to("cpu", torch.float32 if self.dtype.kind == "f" else self.tensor.dtype).numpy().astype(self.dtype)
 
 
-def _device_and_dtype(options: BackendOptions) -> tuple[torch.device, torch.dtype]:
+def _device_and_dtype(options: TorchOptions) -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         device = torch.device("cuda", options.device_id)
         precision = options.precision or "bf16"
@@ -123,21 +123,22 @@ def checkpoint_for(manifest: Manifest, path: str | Path | None) -> LoadedCheckpo
 class TorchBackend(Backend):
     name = "torch"
     description = "PyTorch on the checkpoint, graph by graph (export extra): fp32 on CPU, bf16/fp16 on CUDA"
+    options_type = TorchOptions
 
     @classmethod
     def probe(cls) -> Availability:
         return Availability(True)  # torch imported: this module is only loaded when selected
 
-    def __init__(self, options: BackendOptions | None = None, *, checkpoint: LoadedCheckpoint | None = None) -> None:
+    def __init__(self, options: BackendOptions | TorchOptions | None = None, *, checkpoint: LoadedCheckpoint | None = None) -> None:
         super().__init__(options)
-        self.device, self.dtype = _device_and_dtype(self.options)
+        self.device, self.dtype = _device_and_dtype(self.settings)
         self._checkpoint = checkpoint
         self._lock = threading.Lock()
 
     def checkpoint(self, manifest: Manifest) -> LoadedCheckpoint:
         with self._lock:
             if self._checkpoint is None:
-                ckpt = checkpoint_for(manifest, self.options.checkpoint)
+                ckpt = checkpoint_for(manifest, self.settings.checkpoint)
                 for model in (ckpt.detector, ckpt.video):
                     if model is not None:
                         model.to(self.device).eval()  # weights stay fp32; precision is autocast's
@@ -153,12 +154,12 @@ class TorchBackend(Backend):
             raise BackendUnavailableError(self.name, f"no PyTorch module for graph '{entry.name}' in this medsam3_export") from None
         module = module.to(self.device).eval()
         pinned = fp32_norms(module, self.device.type) if self.dtype != torch.float32 else 0
-        cudagraphs = bool(self.options.compile and self.options.cuda_graph and self.device.type == "cuda")
-        if self.options.compile:
+        cudagraphs = bool(self.settings.compile and self.settings.cuda_graph and self.device.type == "cuda")
+        if self.settings.compile:
             module = torch.compile(module, mode="reduce-overhead" if cudagraphs else "default", dynamic=None)
         log.info(
             "torch: %s on %s (%s autocast, %d norms fp32)%s",
-            entry.name, self.device, self.dtype, pinned, " compiled" if self.options.compile else "",
+            entry.name, self.device, self.dtype, pinned, " compiled" if self.settings.compile else "",
         )  # fmt: skip
         return TorchRunner(entry, module, self.device, self.dtype, cudagraphs=cudagraphs)
 

@@ -18,7 +18,19 @@ from importlib import metadata
 from ..errors import BackendUnavailableError, UsageError
 from ..manifest import Manifest
 from . import ort_install
-from .base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, as_numpy
+from .base import (
+    Availability,
+    Backend,
+    BackendOptions,
+    DeviceTensor,
+    GraphRunner,
+    OpenVinoOptions,
+    OrtCpuOptions,
+    OrtGpuOptions,
+    TensorrtOptions,
+    TorchOptions,
+    as_numpy,
+)
 from .openvino import OpenVinoBackend
 from .ort import OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
 from .tensorrt import TensorrtBackend
@@ -43,6 +55,11 @@ __all__ = [
     "BackendOptions",
     "DeviceTensor",
     "GraphRunner",
+    "OpenVinoOptions",
+    "OrtCpuOptions",
+    "OrtGpuOptions",
+    "TensorrtOptions",
+    "TorchOptions",
     "as_numpy",
     "available",
     "backend_class",

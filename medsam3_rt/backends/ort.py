@@ -26,7 +26,7 @@ from .. import engines as eng
 from ..errors import BackendUnavailableError, ModelError, UsageError, first_line
 from ..manifest import GraphEntry
 from . import ort_options
-from .base import Availability, Backend, DeviceTensor, GraphRunner, Tensor, as_numpy, run_chunked
+from .base import Availability, Backend, DeviceTensor, GraphRunner, OrtCpuOptions, OrtGpuOptions, Tensor, as_numpy, run_chunked
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +192,16 @@ class _OrtBackend(Backend):
         A captured graph replays fixed kernels on fixed addresses; graphs with symbolic axes
         (P prompts, N objects, M memories) change shape between runs, so they run uncaptured.
         """
-        return bool(self.options.cuda_graph) and entry is not None and self.io_device is not None and is_static(entry)
+        return bool(getattr(self.settings, "cuda_graph", False)) and entry is not None and self.io_device is not None and is_static(entry)
 
     def session_options(self) -> Any:
         ort = _ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.options.intra_op_threads:
-            so.intra_op_num_threads = self.options.intra_op_threads
-        if self.options.inter_op_threads:
-            so.inter_op_num_threads = self.options.inter_op_threads
+        if self.settings.intra_op_threads:
+            so.intra_op_num_threads = self.settings.intra_op_threads
+        if self.settings.inter_op_threads:
+            so.inter_op_num_threads = self.settings.inter_op_threads
         so.log_severity_level = 3
         return so
 
@@ -218,7 +218,7 @@ class _OrtBackend(Backend):
                 self.name, f"ONNX Runtime fell back to {active[0]} for {path.name} (CUDA/TensorRT libraries missing?)"
             )
         log.debug("%s: %s on %s", self.name, path.name, active)
-        io = (self.io_device, self.options.device_id) if self.io_device else None
+        io = (self.io_device, getattr(self.settings, "device_id", 0)) if self.io_device else None
         return OrtRunner(entry, path, session, io, fixed_io=self.cuda_graph_for(entry))
 
 
@@ -226,6 +226,7 @@ class OrtCpuBackend(_OrtBackend):
     name = "ort-cpu"
     description = "ONNX Runtime, CPU execution provider"
     provider = "CPUExecutionProvider"
+    options_type = OrtCpuOptions
 
 
 class OrtCudaBackend(_OrtBackend):
@@ -233,23 +234,24 @@ class OrtCudaBackend(_OrtBackend):
     description = "ONNX Runtime, CUDA execution provider (pip install 'medsam3-rt[gpu]')"
     provider = "CUDAExecutionProvider"
     io_device = "cuda"
+    options_type = OrtGpuOptions
 
     def cuda_options(self) -> dict[str, Any]:
         """CUDA provider options: fp32 kept exact (no TF32), memory grown only as requested."""
-        if self.options.fp16 or self.options.precision not in (None, "fp32"):
+        if self.settings.precision != "fp32":
             raise UsageError(
                 "ort-cuda runs the exported fp32 graphs as they are; for fp16/bf16 use backend 'ort-trt' "
                 "(fp16=True) or TensorRT engines (`medsam3-rt build --precision fp16`, backend 'tensorrt')"
             )
         cuda: dict[str, Any] = {
-            "device_id": self.options.device_id,
+            "device_id": self.settings.device_id,
             "arena_extend_strategy": "kSameAsRequested",  # do not reserve 2x the largest request
             "cudnn_conv_algo_search": "EXHAUSTIVE",  # best convolution kernels; first run is slower
             "do_copy_in_default_stream": True,
             "use_tf32": False,  # TF32 matmuls would silently change fp32 results (~1e-3 relative)
         }
-        if self.options.gpu_mem_limit_bytes:
-            cuda["gpu_mem_limit"] = self.options.gpu_mem_limit_bytes
+        if self.settings.gpu_mem_limit_bytes:
+            cuda["gpu_mem_limit"] = self.settings.gpu_mem_limit_bytes
         return cuda
 
     def providers(self, entry: GraphEntry | None = None) -> list[Any]:
@@ -264,6 +266,7 @@ class OrtTensorrtBackend(_OrtBackend):
     description = "ONNX Runtime, TensorRT execution provider (builds engines on first run: minutes)"
     provider = "TensorrtExecutionProvider"
     io_device = "cuda"
+    options_type = OrtGpuOptions
 
     def trt_options(self, entry: GraphEntry | None = None) -> dict[str, Any]:
         """TensorRT provider options: precision, caches, and the same profiles as `medsam3-rt build`.
@@ -271,11 +274,11 @@ class OrtTensorrtBackend(_OrtBackend):
         Without `cache_dir` every new process rebuilds the engines (minutes for SAM3); with it,
         engines and the timing cache are kept in that folder, keyed by ONNX Runtime.
         """
-        precision = self.options.precision or ("fp16" if self.options.fp16 else "fp32")
+        precision = self.settings.precision
         if precision not in ("fp32", "fp16", "bf16"):
             raise UsageError(f"ort-trt precision '{precision}' is not one of fp32, fp16, bf16")
         trt: dict[str, Any] = {
-            "device_id": self.options.device_id,
+            "device_id": self.settings.device_id,
             "trt_fp16_enable": precision == "fp16",
             "trt_bf16_enable": precision == "bf16",
             # Norm layers overflow in fp16 (ViT activations reach ~1e3): keep them fp32, like the builder.
@@ -283,10 +286,10 @@ class OrtTensorrtBackend(_OrtBackend):
             "trt_builder_optimization_level": 3,
             "trt_cuda_graph_enable": self.cuda_graph_for(entry),
         }
-        if self.options.gpu_mem_limit_bytes:
-            trt["trt_max_workspace_size"] = self.options.gpu_mem_limit_bytes
-        if self.options.cache_dir is not None:
-            cache = str(self.options.cache_dir)
+        if self.settings.gpu_mem_limit_bytes:
+            trt["trt_max_workspace_size"] = self.settings.gpu_mem_limit_bytes
+        if self.settings.cache_dir is not None:
+            cache = str(self.settings.cache_dir)
             trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache, trt_timing_cache_enable=True, trt_timing_cache_path=cache)
         if entry is not None and any(isinstance(d, str) for t in entry.spec.inputs for d in t.shape):
             lo, opt, hi = eng.profile_shape_strings(eng.derive_profile(entry.spec, eng.axis_ranges()))
@@ -310,6 +313,6 @@ class OrtTensorrtBackend(_OrtBackend):
             )
         return [
             ("TensorrtExecutionProvider", self._accepted(ort_options.TENSORRT, trt)),
-            ("CUDAExecutionProvider", self._accepted(ort_options.CUDA, {"device_id": self.options.device_id, "use_tf32": False})),
+            ("CUDAExecutionProvider", self._accepted(ort_options.CUDA, {"device_id": self.settings.device_id, "use_tf32": False})),
             "CPUExecutionProvider",
         ]

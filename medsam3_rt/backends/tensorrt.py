@@ -40,7 +40,7 @@ from .. import engines as eng
 from ..errors import BackendUnavailableError, EngineIncompatibleError, InputError, InternalError, first_line
 from ..manifest import GraphEntry, Manifest
 from . import _cuda
-from .base import Availability, Backend, BackendOptions, GraphRunner, Tensor, as_numpy, run_chunked
+from .base import Availability, Backend, BackendOptions, GraphRunner, Tensor, TensorrtOptions, as_numpy, run_chunked
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def numpy_dtype(trt_dtype: Any) -> str:
 class TensorrtBackend(Backend):
     name = "tensorrt"
     description = "TensorRT engines built by `medsam3-rt build` (pip install 'medsam3-rt[trt]'); unverified on hardware"
+    options_type = TensorrtOptions
 
     @classmethod
     def probe(cls) -> Availability:
@@ -101,10 +102,10 @@ class TensorrtBackend(Backend):
         return Availability(True)
 
     @classmethod
-    def supports(cls, manifest: Manifest, options: BackendOptions | None = None) -> Availability:
+    def supports(cls, manifest: Manifest, options: BackendOptions | TensorrtOptions | None = None) -> Availability:
         """Auto-selection only takes this backend when every graph has an engine for the selected GPU."""
         try:
-            env = gpu_environment((options or BackendOptions()).device_id)
+            env = gpu_environment(options.device_id if options is not None else 0)
         except BackendUnavailableError as e:
             return Availability(False, e.reason)
         missing = []
@@ -121,7 +122,9 @@ class TensorrtBackend(Backend):
             )
         return Availability(True)
 
-    def __init__(self, options: BackendOptions | None = None, *, engines: Mapping[str, eng.EngineEntry] | None = None) -> None:
+    def __init__(
+        self, options: BackendOptions | TensorrtOptions | None = None, *, engines: Mapping[str, eng.EngineEntry] | None = None
+    ) -> None:
         """`engines` names the engine per graph explicitly (the builder's accuracy gate uses it)."""
         super().__init__(options)
         self._explicit = dict(engines or {})
@@ -133,7 +136,7 @@ class TensorrtBackend(Backend):
 
     @property
     def device_id(self) -> int:
-        return self.options.device_id
+        return self.settings.device_id
 
     def environment(self) -> eng.GpuEnvironment:
         if self._env is None:
@@ -152,13 +155,13 @@ class TensorrtBackend(Backend):
         if entry.name in self._explicit:
             return self._explicit[entry.name]
         env = self.environment()
-        found, reasons = eng.select_engine(self.manifest_for(model_dir).engines, entry.name, env, self.options.precision)
+        found, reasons = eng.select_engine(self.manifest_for(model_dir).engines, entry.name, env, self.settings.precision)
         if found is None:
-            wanted = f" {self.options.precision}" if self.options.precision else ""
+            wanted = f" {self.settings.precision}" if self.settings.precision else ""
             raise EngineIncompatibleError(
                 f"no{wanted} TensorRT engine for graph '{entry.name}' fits {env.device_name} (sm {env.compute_capability}) "
                 f"with TensorRT {env.tensorrt} ({'; '.join(reasons) or 'none built'}); "
-                f"build one with `medsam3-rt build {model_dir} --precision {self.options.precision or 'fp16'}`"
+                f"build one with `medsam3-rt build {model_dir} --precision {self.settings.precision or 'fp16'}`"
             )
         return found
 
@@ -323,7 +326,7 @@ class TensorrtRunner(GraphRunner):
             raise BackendUnavailableError("tensorrt", f"{self.spec.name}: execute_async_v3 failed (see the TensorRT log above)")
 
     def _execute(self, feeds: Mapping[str, Tensor], addresses: Mapping[str, int]) -> None:
-        if not self.backend.options.cuda_graph:
+        if not self.backend.settings.cuda_graph:
             self._enqueue()
             return
         key = (tuple((n, tuple(int(d) for d in feeds[n].shape)) for n in self.spec.input_names), tuple(sorted(addresses.items())))
