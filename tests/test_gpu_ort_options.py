@@ -114,3 +114,11 @@ def test_install_clash_is_reported_with_the_fix() -> None:
     here = ort_install.installed()
     assert [d.name for d in here] == ["onnxruntime"] and here[0].live  # this venv: the CPU wheel, its own files
     assert "CPUExecutionProvider" in ort_install.describe()
+
+
+def test_info_shows_the_live_onnxruntime(tiny_export: Path) -> None:
+    from conftest import cli
+
+    out = cli("info", str(tiny_export), "--verify", "none", check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("onnxruntime: "))
+    assert "onnxruntime " in line and "providers: " in line and "CPUExecutionProvider" in line
