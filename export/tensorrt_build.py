@@ -27,6 +27,7 @@ written on); tests drive this code against a named stand-in of the `tensorrt` mo
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import os
 import shutil
@@ -59,7 +60,23 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 INT8_GRAPHS = (gc.IMAGE_BACKBONE,)  # ~95 % of the compute; the heads stay at --precision
-TIMING_CACHE = f"{eng.ENGINE_DIR}/timing.cache"
+
+
+def timing_cache_name(env: eng.GpuEnvironment) -> str:
+    """engines/timing.<sm>.<gpu>.trt<version>.cache: tactic timings only hold for that GPU model and TensorRT."""
+    slug = "".join(c if c.isalnum() else "-" for c in env.device_name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"{eng.ENGINE_DIR}/timing.sm{env.compute_capability.replace('.', '')}.{slug[:48]}.trt{env.tensorrt}.cache"
+
+
+def calibration_cache_name(graph: str, onnx_sha256: str, batches: Sequence[np.ndarray]) -> str:
+    """engines/<graph>.int8.<graph hash>.<calibration-set hash>.calib: never reused across re-exports or new images."""
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(str(b.shape).encode() + str(b.dtype).encode())
+        h.update(np.ascontiguousarray(b).tobytes())
+    return f"{eng.ENGINE_DIR}/{graph}.int8.{onnx_sha256[:12]}.{h.hexdigest()[:12]}.calib"
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class GraphPlan:
     engine_file: str  # final relative path under engines/
     strongly_typed: bool
     int8: bool
+    precision: str  # the network's float type (explicit INT8: fp32 + the graph's Q/DQ)
     flags: tuple[str, ...]
     profile: eng.Profile
 
@@ -133,18 +151,18 @@ def plan_build(model_dir: Path, manifest: Manifest, options: BuildOptions, env: 
     unknown = [g for g in names if g not in manifest.graphs]
     if unknown:
         raise UsageError(f"--graph {unknown[0]}: this export has {', '.join(manifest.graphs)}")
-    if options.int8 and eng._version_tuple(env.tensorrt)[:1] >= (11,):
-        raise UsageError(
-            f"--int8 needs TensorRT 10's INT8 calibration, which TensorRT {env.tensorrt} removed; explicit Q/DQ "
-            "quantisation is not implemented in medsam3-rt yet: build fp16 or bf16"
-        )
     ranges = eng.axis_ranges(manifest.tracker, options.axes)
     plans = []
     for name in names:
         entry = manifest.graphs[name]
         int8 = options.int8 and name in INT8_GRAPHS
-        flags = [options.precision] + (["int8", "obey_precision_constraints"] if int8 else ["strongly_typed"])
-        if options.precision == "fp32":
+        explicit = int8 and explicit_quantization(env.tensorrt)
+        precision = "fp32" if explicit else options.precision  # Q/DQ INT8 over the fp32 graph (see explicit_quantization)
+        if explicit:
+            flags = [precision, "int8", "explicit_quantization", "strongly_typed"]
+        else:
+            flags = [precision] + (["int8", "obey_precision_constraints"] if int8 else ["strongly_typed"])
+        if precision == "fp32":
             flags.append("tf32_disabled")
         if options.version_compatible:
             flags.append("version_compatible")
@@ -155,14 +173,15 @@ def plan_build(model_dir: Path, manifest: Manifest, options: BuildOptions, env: 
                 graph=name,
                 onnx=entry.file,
                 onnx_sha256=manifest.files[entry.file].sha256,
-                engine_file=eng.engine_file_name(name, options.precision, int8, env),
-                strongly_typed=not int8,
+                engine_file=eng.engine_file_name(name, precision, int8, env),
+                strongly_typed=explicit or not int8,
+                precision=precision,
                 int8=int8,
                 flags=tuple(flags),
                 profile=eng.derive_profile(entry.spec, ranges),
             )
         )
-    cache = options.timing_cache or model_dir / TIMING_CACHE
+    cache = options.timing_cache or model_dir / timing_cache_name(env)
     return BuildPlan(model_dir, env, options, tuple(plans), Path(cache))
 
 
@@ -200,6 +219,77 @@ def _layer_is_pinned(layer: Any, trt: Any, pinned_nodes: set[str]) -> bool:
         return True
     name = str(layer.name)
     return name in pinned_nodes or any(name.startswith(n + "_") or name.startswith(n + "/") for n in pinned_nodes)
+
+
+def explicit_quantization(tensorrt_version: str) -> bool:
+    """INT8 from Q/DQ nodes in a strongly typed network (True), or TensorRT's implicit calibrator (False).
+
+    The real bindings mark `IBuilderConfig.int8_calibrator` "Deprecated in TensorRT 10.1.
+    Superseded by explicit quantization." and the INT8/FP16/BF16 builder flags and per-layer
+    precision "Deprecated in TensorRT 10.12. Superseded by strong typing."; TensorRT 11 has
+    only the explicit path. The implicit calibrator path is kept for 10.0, where it is not
+    deprecated.
+    """
+    return eng.tensorrt_release(tensorrt_version)[:2] >= (10, 1)
+
+
+def quantize_qdq(src: Path, dst: Path, batches: Sequence[np.ndarray], keep_fp32: set[str], input_name: str) -> None:
+    """Symmetric INT8 Q/DQ (what TensorRT executes) on Conv/MatMul/Gemm, entropy-calibrated on the CPU.
+
+    Calibrated by ONNX Runtime's quantiser on the preprocessed images; the fp32-pinned nodes
+    (norms, attention softmax, mask-logit producers) are excluded. Written atomically.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.it, None)
+            return None if batch is None else {input_name: batch}
+
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    try:
+        quantize_static(
+            str(src),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(keep_fp32),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pin_fp32_layers(network: Any, trt: Any, pinned: set[str]) -> int:
+    """Implicit INT8 only: keep the pinned layers' float outputs fp32; shape/index tensors untouched.
+
+    TensorRT logs an error for a non-INT32/INT64 type on a shape tensor (which then became
+    the build's `last_error`), so only float outputs are set, and shape layers never.
+    """
+    floats = {getattr(trt, n, None) for n in ("float32", "float16", "bfloat16")} - {None}
+    shape_layer = getattr(trt.LayerType, "SHAPE", None)
+    count = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == shape_layer or not _layer_is_pinned(layer, trt, pinned):
+            continue
+        outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
+        if not outputs:
+            continue
+        layer.precision = trt.float32
+        for j in outputs:
+            layer.set_output_type(j, trt.float32)
+        count += 1
+    return count
 
 
 def _calibration_batches(folder: Path, manifest: Manifest, limit: int) -> list[np.ndarray]:
@@ -260,20 +350,15 @@ def _build_one(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
     config.builder_optimization_level = options.optimization_level
-    if options.precision == "fp32":
+    if plan.precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 would change results by ~1e-3
-    if plan.int8:
+    if plan.int8 and not plan.strongly_typed:  # implicit INT8 (TensorRT 10.0 only, see explicit_quantization)
         if options.precision in ("fp16", "bf16"):
             config.set_flag(trt.BuilderFlag.FP16 if options.precision == "fp16" else trt.BuilderFlag.BF16)
         config.set_flag(trt.BuilderFlag.INT8)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         config.int8_calibrator = calibrator
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if _layer_is_pinned(layer, trt, pinned):
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
+        _pin_fp32_layers(network, trt, pinned)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatible:
@@ -312,6 +397,9 @@ def build_engines(
     manifest = load_manifest(root)
     trt = tensorrt_module()
     env = gpu_environment(opts.device_id)
+    # Build where we report: the builder, calibrator and timing cache use the current device of
+    # this thread, which is 0 unless selected.
+    _cuda.set_device(opts.device_id)
     plan = plan_build(root, manifest, opts, env)
     for line in plan.describe():
         say(line)
@@ -343,23 +431,40 @@ def _build_all(trt: Any, root: Path, manifest: Manifest, plan: BuildPlan, stagin
     cache_blob = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
     logger = _Logger(trt)  # one logger and builder for every graph; both must outlive the builds
     builder = trt.Builder(logger.logger)
-    cache = builder.create_builder_config().create_timing_cache(cache_blob)
+    probe = builder.create_builder_config()
+    cache = probe.create_timing_cache(cache_blob)
+    if cache_blob and not probe.set_timing_cache(cache, False):
+        # Measured on another GPU model or TensorRT (a --timing-cache shared between machines):
+        # those timings are wrong here, so start empty (and overwrite it) instead of failing the build.
+        say(f"timing cache {plan.timing_cache} was measured on another GPU or TensorRT; starting a new one")
+        logger.logger.errors.clear()  # TensorRT logged the mismatch as an error; it is handled
+        cache = probe.create_timing_cache(b"")
     entries = []
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     for gp in plan.graphs:
         src = root / gp.onnx
-        pins = fp32_pinned_nodes(onnx.load(str(src), load_external_data=False)) if opts.pin_fp32 and opts.precision != "fp32" else []
+        wants_pins = opts.pin_fp32 and (opts.precision != "fp32" or gp.int8)
+        pins = fp32_pinned_nodes(onnx.load(str(src), load_external_data=False)) if wants_pins else []
         pinned = {p.name for p in pins}
         network_onnx = src
-        if gp.strongly_typed and opts.precision != "fp32":
-            network_onnx = staging / f"{gp.graph}.{opts.precision}.onnx"
-            say(f"{gp.graph}: writing the {opts.precision} graph ({len(pins)} nodes pinned to fp32)")
-            convert_file(src, network_onnx, opts.precision, pinned)
+        if gp.strongly_typed and not gp.int8 and gp.precision != "fp32":
+            network_onnx = staging / f"{gp.graph}.{gp.precision}.onnx"
+            say(f"{gp.graph}: writing the {gp.precision} graph ({len(pins)} nodes pinned to fp32)")
+            convert_file(src, network_onnx, gp.precision, pinned)
         calibrator = None
         if gp.int8:
             assert opts.calib_dir is not None
             batches = _calibration_batches(opts.calib_dir, manifest, opts.calib_images)
-            calibrator = _calibrator(trt, batches, root / eng.ENGINE_DIR / f"{gp.graph}.int8.calib")
+            cache_path = root / calibration_cache_name(gp.graph, gp.onnx_sha256, batches)
+            if gp.strongly_typed:
+                network_onnx = cache_path.with_suffix(".qdq.onnx")
+                if network_onnx.is_file():
+                    say(f"{gp.graph}: reusing the Q/DQ graph calibrated on the same graph and images ({network_onnx.name})")
+                else:
+                    say(f"{gp.graph}: calibrating INT8 Q/DQ on {len(batches)} images ({len(pinned)} nodes kept fp32)")
+                    quantize_qdq(src, network_onnx, batches, pinned, manifest.graphs[gp.graph].spec.inputs[0].name)
+            else:
+                calibrator = _calibrator(trt, batches, cache_path)
         say(f"building {gp.graph} ({', '.join(gp.flags)})")
         data = _build_one(trt, builder, logger, gp, network_onnx, opts, cache, pinned, calibrator)
         path = staging / Path(gp.engine_file).name
@@ -370,7 +475,7 @@ def _build_all(trt: Any, root: Path, manifest: Manifest, plan: BuildPlan, stagin
                 file=path.relative_to(root).as_posix(),
                 sha256=sha256_file(path),
                 bytes=len(data),
-                precision=opts.precision,
+                precision=gp.precision,
                 tensorrt=plan.env.tensorrt,
                 device_name=plan.env.device_name,
                 compute_capability=plan.env.compute_capability,
@@ -381,6 +486,7 @@ def _build_all(trt: Any, root: Path, manifest: Manifest, plan: BuildPlan, stagin
                 pinned_fp32=tuple(sorted(pinned)),
                 build={
                     "medsam3_rt": __version__,
+                    "tensorrt_version": plan.env.tensorrt_raw or plan.env.tensorrt,  # as trt.__version__ said it
                     "created": created,
                     "workspace_gb": opts.workspace_gb,
                     "optimization_level": opts.optimization_level,

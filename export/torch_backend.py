@@ -5,10 +5,16 @@ its outputs compare graph for graph with ONNX Runtime, OpenVINO and TensorRT. It
 accuracy reference on a GPU and the GPU path that can be measured where TensorRT is absent.
 
 - CPU: float32, eager. Reproduces ort-cpu within the export's parity tolerance (tested).
+- Reduced precision is autocast, not a cast of the modules: weights stay fp32, matmuls and
+  convolutions run in bf16/fp16, and every normalisation (LayerNorm, GroupNorm, RMSNorm) runs
+  in fp32 with autocast off (ViT activations reach ~1e3: norms overflow in fp16). bf16 also
+  runs on the CPU (autocast on CPU supports bf16; tested); fp16 needs CUDA.
 - CUDA (when `torch.cuda.is_available()`): bfloat16 by default (`BackendOptions.precision`
   "bf16" | "fp16" | "fp32"), optional `torch.compile` (`compile=True`), with CUDA graphs
-  (`cuda_graph=True` -> mode "reduce-overhead"). Backbone features stay on the GPU as
-  `TorchDeviceTensor`s between graphs. UNVERIFIED: no GPU was available when this was written.
+  (`cuda_graph=True` -> mode "reduce-overhead"). CUDA-graph replays reuse their output memory,
+  so outputs kept on the device are cloned before they are handed out (a held frame would
+  otherwise change under the caller). Backbone features stay on the GPU as
+  `TorchDeviceTensor`s between graphs. UNVERIFIED on CUDA: no GPU was available.
 
 The runtime discovers this backend through the entry point `medsam3_rt.backends: torch`
 without importing torch; torch is imported only when `backend="torch"` is selected.
@@ -32,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam3_rt.backends.base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, Tensor, as_numpy
+from medsam3_rt.backends.base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, Tensor, TorchOptions, as_numpy
 from medsam3_rt.errors import BackendUnavailableError, CheckpointError, UsageError
-from medsam3_rt.manifest import GraphEntry, Manifest, load_manifest
+from medsam3_rt.manifest import GraphEntry, Manifest
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, random_checkpoint
 from .graphs import build_graph_module
@@ -58,15 +64,15 @@ class TorchDeviceTensor(DeviceTensor):
         return self.tensor.detach().to("cpu", torch.float32 if self.dtype.kind == "f" else self.tensor.dtype).numpy().astype(self.dtype)
 
 
-def _device_and_dtype(options: BackendOptions) -> tuple[torch.device, torch.dtype]:
+def _device_and_dtype(options: TorchOptions) -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         device = torch.device("cuda", options.device_id)
         precision = options.precision or "bf16"
     else:
         device = torch.device("cpu")
         precision = options.precision or "fp32"
-        if precision != "fp32":
-            raise UsageError(f"backend 'torch' runs {precision} only on CUDA; this machine has no CUDA device (use precision fp32)")
+        if precision == "fp16":
+            raise UsageError("backend 'torch' runs fp16 only on CUDA; this machine has no CUDA device (use precision bf16 or fp32)")
     if precision not in _DTYPES:
         raise UsageError(f"backend 'torch' precision '{precision}' is not one of {', '.join(_DTYPES)}")
     return device, _DTYPES[precision]
@@ -117,61 +123,91 @@ def checkpoint_for(manifest: Manifest, path: str | Path | None) -> LoadedCheckpo
 class TorchBackend(Backend):
     name = "torch"
     description = "PyTorch on the checkpoint, graph by graph (export extra): fp32 on CPU, bf16/fp16 on CUDA"
+    options_type = TorchOptions
 
     @classmethod
     def probe(cls) -> Availability:
         return Availability(True)  # torch imported: this module is only loaded when selected
 
-    def __init__(self, options: BackendOptions | None = None, *, checkpoint: LoadedCheckpoint | None = None) -> None:
+    def __init__(self, options: BackendOptions | TorchOptions | None = None, *, checkpoint: LoadedCheckpoint | None = None) -> None:
         super().__init__(options)
-        self.device, self.dtype = _device_and_dtype(self.options)
+        self.device, self.dtype = _device_and_dtype(self.settings)
         self._checkpoint = checkpoint
         self._lock = threading.Lock()
-        self._manifests: dict[Path, Manifest] = {}
-
-    def _manifest(self, model_dir: Path) -> Manifest:
-        key = model_dir.resolve()
-        if key not in self._manifests:
-            self._manifests[key] = load_manifest(model_dir, verify="none")
-        return self._manifests[key]
 
     def checkpoint(self, manifest: Manifest) -> LoadedCheckpoint:
         with self._lock:
             if self._checkpoint is None:
-                ckpt = checkpoint_for(manifest, self.options.checkpoint)
+                ckpt = checkpoint_for(manifest, self.settings.checkpoint)
                 for model in (ckpt.detector, ckpt.video):
                     if model is not None:
-                        model.to(self.device, self.dtype).eval()
+                        model.to(self.device).eval()  # weights stay fp32; precision is autocast's
                 self._checkpoint = ckpt
             return self._checkpoint
 
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:
-        manifest = self._manifest(model_dir)
+        manifest = self.manifest_for(model_dir)
         ckpt = self.checkpoint(manifest)
         try:
             module = build_graph_module(entry.name, ckpt, manifest.dims)
         except KeyError:
             raise BackendUnavailableError(self.name, f"no PyTorch module for graph '{entry.name}' in this medsam3_export") from None
-        module = module.to(self.device, self.dtype).eval()
-        if self.options.compile:
-            mode = "reduce-overhead" if self.options.cuda_graph and self.device.type == "cuda" else "default"
-            module = torch.compile(module, mode=mode, dynamic=None)
-        log.info("torch: %s on %s (%s)%s", entry.name, self.device, self.dtype, " compiled" if self.options.compile else "")
-        return TorchRunner(entry, module, self.device, self.dtype)
+        module = module.to(self.device).eval()
+        pinned = fp32_norms(module, self.device.type) if self.dtype != torch.float32 else 0
+        cudagraphs = bool(self.settings.compile and self.settings.cuda_graph and self.device.type == "cuda")
+        if self.settings.compile:
+            module = torch.compile(module, mode="reduce-overhead" if cudagraphs else "default", dynamic=None)
+        log.info(
+            "torch: %s on %s (%s autocast, %d norms fp32)%s",
+            entry.name, self.device, self.dtype, pinned, " compiled" if self.settings.compile else "",
+        )  # fmt: skip
+        return TorchRunner(entry, module, self.device, self.dtype, cudagraphs=cudagraphs)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
 
+NORM_TYPES: tuple[type[torch.nn.Module], ...] = tuple(
+    t for t in (torch.nn.LayerNorm, torch.nn.GroupNorm, getattr(torch.nn, "RMSNorm", None)) if t is not None
+)
+
+
+def fp32_norms(module: torch.nn.Module, device_type: str) -> int:
+    """Run every normalisation layer of `module` in fp32 with autocast off; returns how many.
+
+    Names ending in "norm" catch the model's own norm classes (e.g. RMS norms) too.
+    """
+
+    def wrap(norm: torch.nn.Module) -> None:
+        inner = norm.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with torch.autocast(device_type=device_type, enabled=False):
+                cast = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+                return inner(*cast, **kwargs)
+
+        norm.forward = forward  # type: ignore[method-assign]
+
+    count = 0
+    for m in module.modules():
+        if isinstance(m, NORM_TYPES) or type(m).__name__.lower().endswith("norm"):
+            wrap(m)
+            count += 1
+    return count
+
+
 class TorchRunner(GraphRunner):
     accepts_device_tensors = True
 
-    def __init__(self, entry: GraphEntry, module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, entry: GraphEntry, module: torch.nn.Module, device: torch.device, dtype: torch.dtype, *, cudagraphs: bool = False
+    ) -> None:
         super().__init__(entry)
         self.module = module
         self.device = device
         self.dtype = dtype
+        self.cudagraphs = cudagraphs  # outputs live in memory the next replay overwrites
         self._lock = threading.Lock()
 
     def keep_outputs_on_device(self, names: Any) -> None:
@@ -183,14 +219,18 @@ class TorchRunner(GraphRunner):
             x = value.tensor
         else:
             x = torch.from_numpy(np.ascontiguousarray(as_numpy(value)))
-        x = x.to(self.device, non_blocking=True)
-        return x.to(self.dtype) if x.is_floating_point() else x
+        return x.to(self.device, non_blocking=True)  # fp32 in; autocast picks each op's precision
 
     def _run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         args = [self._input(feeds[t.name]) for t in self.spec.inputs]
-        with self._lock, torch.inference_mode():
+        reduced = self.dtype != torch.float32
+        with self._lock, torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=reduced):
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier outputs may be overwritten
             outs = self.module(*args)
-        outs = outs if isinstance(outs, tuple) else (outs,)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            if self.cudagraphs:
+                outs = tuple(o.clone() for o in outs)  # held across calls, so never the replay's own memory
         result: dict[str, Tensor] = {}
         for t, o in zip(self.spec.outputs, outs):
             if t.name in self.device_outputs:

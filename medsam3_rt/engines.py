@@ -298,11 +298,16 @@ def parse_engines(data: Any, graphs: Iterable[str] | None = None) -> tuple[Engin
 
 @dataclass(frozen=True)
 class GpuEnvironment:
-    """What the running process offers: TensorRT version and the selected GPU."""
+    """What the running process offers: TensorRT version and the selected GPU.
+
+    `tensorrt` is the normalised release (`normalize_tensorrt_version`), `tensorrt_raw` the
+    string the library reported (`trt.__version__`), kept for the record.
+    """
 
     tensorrt: str
     device_name: str
     compute_capability: str
+    tensorrt_raw: str = ""
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -313,6 +318,44 @@ def _version_tuple(v: str) -> tuple[int, ...]:
             break
         out.append(int(digits))
     return tuple(out)
+
+
+def tensorrt_release(version: str) -> tuple[int, ...]:
+    """The numeric TensorRT release in a version string: major.minor.patch[.build].
+
+    `trt.__version__` varies by release: `10.3.0`, `10.7.0.post1` (a Python packaging
+    post-release of the same library), `10.8.0.43` (with the build number); the C library
+    reports major.minor.patch (getInferLibVersion) plus NV_TENSORRT_BUILD. Suffixes that are
+    not a plain number (`post1`, `+cuda12`, `rc1`) are packaging, not the library, and dropped.
+    """
+    out: list[int] = []
+    for part in version.strip().split(".")[:4]:
+        digits = part[: len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        out.append(int(digits))
+        if digits != part:  # "0+cuda12", "0rc1": a local or pre-release tag ends the number
+            break
+    return tuple(out)
+
+
+def normalize_tensorrt_version(version: str) -> str:
+    """`10.7.0.post1` -> `10.7.0`, `10.8.0.43` -> `10.8.0.43` (what compatibility is decided on)."""
+    release = tensorrt_release(version)
+    return ".".join(str(v) for v in release) if release else version.strip()
+
+
+def same_tensorrt_release(built: str, here: str) -> bool:
+    """TensorRT's rule for plain engines: the same major.minor.patch (and build, where both know it).
+
+    A plain engine only deserialises in the TensorRT release that built it. The build number
+    is compared only when both sides record one: the Python wheels of 10.0-10.7 report no
+    build, so `10.3.0` (Python) and `10.3.0.26` (the C library) are the same release.
+    """
+    a, b = tensorrt_release(built), tensorrt_release(here)
+    if len(a) < 3 or len(b) < 3 or a[:3] != b[:3]:
+        return False
+    return len(a) < 4 or len(b) < 4 or a[3] == b[3]
 
 
 def _cc_tuple(cc: str) -> tuple[int, int]:
@@ -326,14 +369,15 @@ def _cc_tuple(cc: str) -> tuple[int, int]:
 def incompatibility(entry: EngineEntry, env: GpuEnvironment) -> str | None:
     """Why `entry` cannot run under `env` (one phrase), or None if it can.
 
-    Engines are tied to the exact TensorRT version and GPU model unless built with version
-    compatibility (same major, runtime not older) or hardware compatibility (Ampere or newer).
+    Engines are tied to the TensorRT release (`same_tensorrt_release`) and GPU model unless
+    built with version compatibility (same major, runtime not older) or hardware
+    compatibility (Ampere or newer).
     """
     if "version_compatible" in entry.flags:
-        built, here = _version_tuple(entry.tensorrt), _version_tuple(env.tensorrt)
+        built, here = tensorrt_release(entry.tensorrt)[:3], tensorrt_release(env.tensorrt)[:3]
         if not built or not here or built[0] != here[0] or here < built:
             return f"it was built version-compatible with TensorRT {entry.tensorrt}, which TensorRT {env.tensorrt} cannot load"
-    elif entry.tensorrt != env.tensorrt:
+    elif not same_tensorrt_release(entry.tensorrt, env.tensorrt):
         return f"it was built with TensorRT {entry.tensorrt}, this machine has TensorRT {env.tensorrt}"
     if "hardware_compatible" in entry.flags:
         if _cc_tuple(env.compute_capability) < (8, 0):

@@ -50,6 +50,7 @@ class Model:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify)
         self.backend = backend if isinstance(backend, Backend) else resolve(backend, options, manifest=self.manifest)
+        self.backend.attach(self.manifest, self.model_dir)  # backends read engines etc. from this manifest, not from disk
         self._runners: dict[str, GraphRunner] = {}
         self._runner_lock = threading.Lock()
         self.tokenizer = ClipTokenizer(self.model_dir / self.manifest.tokenizer.file, self.manifest.tokenizer)

@@ -36,13 +36,14 @@ def test_tensorrt_provider_options(tiny_export: Path, tmp_path: Path) -> None:
     text = backend.trt_options(m.graphs[gc.TEXT_ENCODER])
     assert text["trt_fp16_enable"] and not text["trt_bf16_enable"] and text["trt_layer_norm_fp32_fallback"]
     assert text["trt_engine_cache_enable"] and text["trt_engine_cache_path"] == str(tmp_path) == text["trt_timing_cache_path"]
-    assert text["trt_cuda_graph_enable"] and text["trt_max_workspace_size"] == 1 << 30
+    assert not text["trt_cuda_graph_enable"] and text["trt_max_workspace_size"] == 1 << 30  # P varies: no CUDA graph
     assert text["trt_profile_min_shapes"] == "input_ids:1x32,attention_mask:1x32"
     assert text["trt_profile_max_shapes"] == "input_ids:16x32,attention_mask:16x32"
     det = backend.trt_options(m.graphs[gc.DETECTOR])
     assert f"text_features:16x32x{m.dims.fpn_channels}" in det["trt_profile_max_shapes"]
     backbone = backend.trt_options(m.graphs[gc.IMAGE_BACKBONE])
     assert "trt_profile_min_shapes" not in backbone  # static graph: no profile needed
+    assert backbone["trt_cuda_graph_enable"]  # fixed shapes: captured
     bf16 = OrtTensorrtBackend(BackendOptions(precision="bf16")).trt_options()
     assert bf16["trt_bf16_enable"] and not bf16["trt_fp16_enable"] and "trt_engine_cache_enable" not in bf16
     fp32 = OrtTensorrtBackend().trt_options()

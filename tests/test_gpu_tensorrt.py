@@ -97,7 +97,7 @@ def test_fp16_build_records_everything(built_fp16, standin) -> None:
     assert by_graph[gc.DETECTOR].build["pinned_fp32_summary"]["attention softmax"] >= 1
     headers = [h for h in trt.Builder.built if h["strongly_typed"]]
     assert headers and all(not {"FP16", "BF16", "INT8"} & set(h["flags"]) for h in headers)  # precision lives in the graph
-    assert (root / tb.TIMING_CACHE).is_file()
+    assert result.plan.timing_cache.is_file() and result.plan.timing_cache.name.startswith("timing.sm90.stand-in-gpu-host")
     assert not list((root / "engines").glob(".staging*"))
     # The gate measured real fp16 arithmetic: the deltas are small but not zero.
     delta = by_graph[gc.DETECTOR].accuracy["graph_deltas"][gc.DETECTOR]["pred_masks.max_rel"]
@@ -291,38 +291,68 @@ def test_a_failing_gate_records_nothing(standin, tiny_export: Path, tmp_path: Pa
     assert not list((root / "engines").glob("*.engine")) and not list((root / "engines").glob(".staging*"))
 
 
-def test_int8_backbone_build_runs_the_calibrator(standin, tiny_export: Path, tmp_path: Path) -> None:
+def _calib_dir(tmp_path: Path, n: int) -> Path:
     import cv2
 
-    trt, _ = standin
     calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(4):
+    calib.mkdir(exist_ok=True)
+    for i in range(n):
         cv2.imwrite(str(calib / f"c{i}.png"), phantom(80, 100, seed=i))
+    return calib
+
+
+def test_int8_backbone_is_explicit_qdq_in_a_strongly_typed_network(standin, tiny_export: Path, tmp_path: Path) -> None:
+    """TensorRT >= 10.1: INT8 from Q/DQ nodes calibrated on the images; no calibrator, no weak typing, no deprecated call."""
+    import onnx
+
+    trt, _ = standin
+    calib = _calib_dir(tmp_path, 4)
     root = _copy(tiny_export, tmp_path / "i")
     first = len(trt.Builder.built)
-    result = tb.build_engines(root, tb.BuildOptions(precision="fp16", int8=True, calib_dir=calib))
+    opts = tb.BuildOptions(precision="fp16", int8=True, calib_dir=calib, max_dice_drop=100)  # random weights: gate not the point
+    result = tb.build_engines(root, opts)
     headers = trt.Builder.built[first:]
-    weak = [h for h in headers if not h["strongly_typed"]]
-    assert len(weak) == 1 and {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} <= set(weak[0]["flags"])
-    assert weak[0]["fp32_layers"] and any("softmax" in n.lower() for n in weak[0]["fp32_layers"])
-    assert (root / "engines" / "image_backbone.int8.calib").read_bytes() == b"standin-calibration:4"
+    assert all(h["strongly_typed"] for h in headers) and not trt.deprecations
+    (qdq,) = (root / "engines").glob("image_backbone.int8.*.qdq.onnx")  # keyed by graph hash + calibration set
+    ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     backbone = next(e for e in result.entries if e.graph == gc.IMAGE_BACKBONE)
-    assert "int8" in backbone.flags and ".fp16-int8." in backbone.file and backbone.label == "fp16+int8"
+    assert {"int8", "explicit_quantization", "strongly_typed"} <= set(backbone.flags) and backbone.label == "fp32+int8"
+    assert ".fp32-int8." in backbone.file
     assert result.report.validation_set.startswith(str(calib))
     with pytest.raises(UsageError, match="--calib"):
         tb.BuildOptions(int8=True)
 
 
+def test_int8_on_tensorrt_10_0_uses_the_calibrator(standin, tiny_export: Path, tmp_path: Path) -> None:
+    """10.0, where implicit INT8 is not deprecated: the entropy calibrator and precision constraints."""
+    trt, _ = standin
+    calib = _calib_dir(tmp_path, 4)
+    root = _copy(tiny_export, tmp_path / "i0")
+    trt.set_version("10.0.1")
+    try:
+        first = len(trt.Builder.built)
+        result = tb.build_engines(root, tb.BuildOptions(precision="fp16", int8=True, calib_dir=calib, graphs=tuple(gc.DETECTOR_GRAPHS)))
+    finally:
+        trt.set_version("10.8.0.43")
+    weak = [h for h in trt.Builder.built[first:] if not h["strongly_typed"]]
+    assert len(weak) == 1 and {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} <= set(weak[0]["flags"])
+    assert weak[0]["fp32_layers"] and any("softmax" in n.lower() for n in weak[0]["fp32_layers"])
+    (cache,) = (root / "engines").glob("image_backbone.int8.*.calib")
+    assert cache.read_bytes() == b"standin-calibration:4" and not trt.deprecations
+    backbone = next(e for e in result.entries if e.graph == gc.IMAGE_BACKBONE)
+    assert backbone.label == "fp16+int8" and ".fp16-int8." in backbone.file
+
+
 def test_plan_rules(standin, tiny_export: Path) -> None:
     m = load_manifest(tiny_export)
     env = eng.GpuEnvironment("11.4.0", "NVIDIA H100 80GB HBM3", "9.0")
-    with pytest.raises(UsageError, match="TensorRT 11.4.0 removed"):
-        tb.plan_build(tiny_export, m, tb.BuildOptions(int8=True, calib_dir=tiny_export), env)
+    (q,) = [g for g in tb.plan_build(tiny_export, m, tb.BuildOptions(int8=True, calib_dir=tiny_export), env).graphs if g.int8]
+    assert q.strongly_typed and "explicit_quantization" in q.flags  # TensorRT 11 has only explicit quantisation
     plan = tb.plan_build(tiny_export, m, tb.BuildOptions(precision="bf16", graphs=(gc.DETECTOR,), version_compatible=True), env)
     (gp,) = plan.graphs
     assert gp.flags == ("bf16", "strongly_typed", "version_compatible") and gp.engine_file.endswith("detector.bf16.sm90.trt11.4.0.engine")
-    assert gp.profile[gc.TEXT_MASK].max == (16, 32) and plan.timing_cache == tiny_export / "engines" / "timing.cache"
+    assert gp.profile[gc.TEXT_MASK].max == (16, 32) and plan.timing_cache.name == "timing.sm90.nvidia-h100-80gb-hbm3.trt11.4.0.cache"
     with pytest.raises(UsageError, match="--graph tracker_step"):
         tb.plan_build(tiny_export, m, tb.BuildOptions(graphs=("tracker_step",)), env)
     for bad in ({"precision": "int4"}, {"workspace_gb": 0}, {"max_dice_drop": -1}, {"optimization_level": 9}, {"prompts": ()}):
@@ -358,3 +388,102 @@ def test_concurrent_segments_on_one_tensorrt_model(built_fp32) -> None:
     for i, g in enumerate(got):
         np.testing.assert_allclose(g.scores, want[i % 4].scores, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(g.masks, want[i % 4].masks)
+
+
+# -- contracts the stand-ins now enforce (each failed before the fix) ------------------------
+
+
+def test_device_n_builds_probes_and_runs_on_device_n_from_any_thread(standin, tiny_export: Path, tmp_path: Path) -> None:
+    """--device 1 builds on GPU 1 (not only records it), auto-selection probes GPU 1, and a worker
+    thread (whose current device starts at 0, as in CUDA) still runs on GPU 1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medsam3_rt.backends import resolve
+
+    _, cudart = standin
+    cudart.state.device_count = 2
+    try:
+        root = _copy(tiny_export, tmp_path / "dev1")
+        result = tb.build_engines(root, tb.BuildOptions(precision="fp32", device_id=1, axes={"P": eng.AxisRange(1, 1, 2)}))
+        assert {e.device_name for e in result.entries} == {cudart.OTHER_DEVICE_NAME}
+        m = load_manifest(root, verify="none")
+        assert resolve("auto", BackendOptions(device_id=1), manifest=m).name == "tensorrt"
+        assert resolve("auto", BackendOptions(device_id=0), manifest=m).name != "tensorrt"  # no engine for GPU 0
+        img = phantom(60, 70, seed=3)
+        with medsam3_rt.load(root, "tensorrt", options=BackendOptions(device_id=1), verify="none") as seg, _ort(root) as ref:
+            want = ref.segment(img, ["polyp"])
+            with ThreadPoolExecutor(1) as pool:
+                got = pool.submit(seg.segment, img, ["polyp"]).result()
+        np.testing.assert_array_equal(got.masks, want.masks)
+    finally:
+        cudart.state.device_count = 1
+        cudart.cudaSetDevice(0)
+
+
+def test_timing_cache_from_another_gpu_is_not_fatal(standin, built_fp32, tmp_path: Path) -> None:
+    _, cudart = standin
+    root = _copy(built_fp32, tmp_path / "tc")
+    shared = tmp_path / "shared.cache"
+    cudart.state.device_count = 2
+    try:
+        tb.build_engines(root, tb.BuildOptions(precision="fp32", device_id=1, timing_cache=shared, axes={"P": eng.AxisRange(1, 1, 2)}))
+        lines: list[str] = []
+        tb.build_engines(
+            root, tb.BuildOptions(precision="fp32", timing_cache=shared, axes={"P": eng.AxisRange(1, 1, 2)}), progress=lines.append
+        )
+    finally:
+        cudart.state.device_count = 1
+        cudart.cudaSetDevice(0)
+    assert any("measured on another GPU" in line for line in lines)
+    assert json.loads(shared.read_bytes())["device"] == cudart.DEVICE_NAME  # replaced by this GPU's timings
+
+
+def test_int8_calibration_cache_is_not_reused_across_reexports(standin, tiny_export: Path, tmp_path: Path) -> None:
+    import cv2
+
+    calib = _calib_dir(tmp_path, 2)
+    root = _copy(tiny_export, tmp_path / "q")
+    opts = tb.BuildOptions(precision="fp16", int8=True, calib_dir=calib, graphs=tuple(gc.DETECTOR_GRAPHS), max_dice_drop=100)
+    tb.build_engines(root, opts)
+    cv2.imwrite(str(calib / "c2.png"), phantom(80, 100, seed=7))  # a new calibration set
+    tb.build_engines(root, opts)
+    assert len(list((root / "engines").glob("image_backbone.int8.*"))) == 2  # calibrated again, not read back
+
+
+def test_int8_pinning_leaves_shape_tensors_alone(standin, tmp_path: Path) -> None:
+    """Setting fp32 on an INT64 shape tensor is an error TensorRT logs (it became the build's last_error)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    trt, _ = standin
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])
+    s = helper.make_tensor_value_info("s", TensorProto.INT64, [3])
+    init = [helper.make_tensor("g", TensorProto.FLOAT, [8], [1.0] * 8), helper.make_tensor("b", TensorProto.FLOAT, [8], [0.0] * 8)]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], name="mask_head/norm"),
+        helper.make_node("Shape", ["y"], ["s"], name="mask_head/shape"),  # pinned by name, but a shape tensor
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y, s], init), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    logger = trt.Logger()
+    errors: list[str] = []
+    logger.log = lambda severity, msg: errors.append(msg) if severity <= trt.ILogger.ERROR else None  # type: ignore[method-assign]
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(path))
+    assert tb._pin_fp32_layers(network, trt, {"mask_head"}) == 1
+    assert errors == [] and network.get_layer(0).output_types == {0: trt.float32}
+    network.get_layer(1).set_output_type(0, trt.float32)  # what the old loop did: TensorRT logs an error
+    assert errors and "shape tensor" in errors[0]
+
+
+def test_open_reads_the_attached_manifest_not_the_disk(standin, built_fp32) -> None:
+    """`Model` attaches the manifest it validated; the backend takes engine entries from it."""
+    from dataclasses import replace
+
+    m = load_manifest(built_fp32, verify="none")
+    backend = TensorrtBackend()
+    backend.attach(replace(m, engines=()), built_fp32)
+    with pytest.raises(EngineIncompatibleError, match="none built"):
+        backend.open(m.graphs[gc.TEXT_ENCODER], built_fp32)

@@ -95,7 +95,7 @@ def test_the_checkpoint_must_be_the_exported_one(tiny_export: Path, tmp_path: Pa
         medsam3_rt.load(tiny_export, "torch", options=BackendOptions(checkpoint=other))
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="only on CUDA"):
-            tbk.TorchBackend(BackendOptions(precision="bf16"))  # no silent fp32 when bf16 was asked for
+            tbk.TorchBackend(BackendOptions(precision="fp16"))  # no silent fp32 when fp16 was asked for
 
 
 def test_random_exports_are_rebuilt_from_preset_and_seed(tiny_export: Path) -> None:
@@ -130,3 +130,67 @@ def test_cli_segment_with_the_torch_backend(tiny_export: Path, tiny_hf_dir: Path
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "scan.json").is_file() and '"backend": "torch"' in (tmp_path / "out" / "scan.json").read_text()
+
+
+def test_bf16_is_autocast_with_fp32_weights_and_norms(tiny_export: Path, tiny_hf_dir: Path) -> None:
+    """Reduced precision never casts a whole module: weights stay fp32, norms compute in fp32,
+    matmuls in bf16 (autocast on the CPU supports bf16, so this runs here)."""
+    backend = tbk.TorchBackend(BackendOptions(checkpoint=tiny_hf_dir, precision="bf16"))
+    m = load_manifest(tiny_export, verify="none")
+    runner = backend.open(m.graphs[gc.IMAGE_BACKBONE], tiny_export)
+    params = {p.dtype for p in runner.module.parameters()}
+    assert params == {torch.float32}
+    seen: dict[str, set] = {"norm": set(), "linear": set()}
+
+    def hook(kind: str):
+        return lambda mod, args, out: seen[kind].add(out.dtype)
+
+    handles = []
+    for mod in runner.module.modules():
+        if isinstance(mod, tbk.NORM_TYPES):
+            handles.append(mod.register_forward_hook(hook("norm")))
+        elif isinstance(mod, torch.nn.Linear):
+            handles.append(mod.register_forward_hook(hook("linear")))
+    pixels = np.random.default_rng(0).normal(0, 0.5, (1, 3, 224, 224)).astype(np.float32)
+    got = runner.run({gc.PIXEL_VALUES: pixels})
+    for h in handles:
+        h.remove()
+    assert seen["norm"] == {torch.float32} and seen["linear"] == {torch.bfloat16}
+    with medsam3_rt.load(tiny_export, "ort-cpu") as ref:
+        want = ref.model.run(gc.IMAGE_BACKBONE, {gc.PIXEL_VALUES: pixels})
+    for name, value in want.items():
+        assert got[name].dtype == np.float32
+        scale = float(np.abs(value).max()) or 1.0
+        assert float(np.abs(got[name] - value).max()) / scale < 0.1, name  # bf16 keeps ~3 significant digits
+
+
+def test_cuda_graph_outputs_are_cloned_before_they_are_held(tiny_export: Path, tiny_hf_dir: Path) -> None:
+    """reduce-overhead replays write into the same output memory: held outputs must be copies."""
+    backend = tbk.TorchBackend(BackendOptions(checkpoint=tiny_hf_dir))
+    m = load_manifest(tiny_export, verify="none")
+    runner = backend.open(m.graphs[gc.IMAGE_BACKBONE], tiny_export)
+    shared = {}
+
+    class Replay(torch.nn.Module):  # what a CUDA-graph replay does: the same output storage each call
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor):
+            outs = self.inner(x)
+            if not shared:
+                shared.update({i: o.clone() for i, o in enumerate(outs)})
+            for i, o in enumerate(outs):
+                shared[i].copy_(o)
+            return tuple(shared[i] for i in range(len(outs)))
+
+    runner.module = Replay(runner.module)
+    runner.cudagraphs = True
+    runner.device_outputs = frozenset(gc.DET_FPN)  # as on CUDA: handed out as device tensors
+    if not hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+        pytest.skip("this torch has no torch.compiler.cudagraph_mark_step_begin")
+    rng = np.random.default_rng(1)
+    a = runner.run({gc.PIXEL_VALUES: rng.normal(0, 0.5, (1, 3, 224, 224)).astype(np.float32)})
+    held = a[gc.DET_FPN[0]].numpy().copy()
+    runner.run({gc.PIXEL_VALUES: rng.normal(0, 0.5, (1, 3, 224, 224)).astype(np.float32)})
+    np.testing.assert_array_equal(a[gc.DET_FPN[0]].numpy(), held)  # the first frame's features did not change

@@ -22,6 +22,8 @@
 #include <sstream>
 #include <vector>
 
+#include "trt_version.h"
+
 #include "backend.h"
 #include "error.h"
 #include "sha256.h"
@@ -58,20 +60,7 @@ struct DeviceBuffer {
     }
 };
 
-std::vector<int> version_tuple(const std::string& v) {
-    std::vector<int> out;
-    std::stringstream ss(v);
-    std::string part;
-    while (std::getline(ss, part, '.')) {
-        std::string digits;
-        for (char c : part) {
-            if (std::isdigit(static_cast<unsigned char>(c))) digits += c;
-        }
-        if (digits.empty()) break;
-        out.push_back(std::stoi(digits));
-    }
-    return out;
-}
+std::vector<int> version_tuple(const std::string& v) { return tensorrt_release(v); }
 
 struct Env {
     std::string tensorrt, device_name, compute_capability;
@@ -80,11 +69,10 @@ struct Env {
 // engines.incompatibility: why `e` cannot run here, or "".
 std::string incompatibility(const EngineEntry& e, const Env& env) {
     if (e.has_flag("version_compatible")) {
-        auto built = version_tuple(e.tensorrt), here = version_tuple(env.tensorrt);
-        if (built.empty() || here.empty() || built[0] != here[0] || here < built) {
+        if (!version_compatible_loads(e.tensorrt, env.tensorrt)) {
             return "it was built version-compatible with TensorRT " + e.tensorrt + ", which TensorRT " + env.tensorrt + " cannot load";
         }
-    } else if (e.tensorrt != env.tensorrt) {
+    } else if (!same_tensorrt_release(e.tensorrt, env.tensorrt)) {
         return "it was built with TensorRT " + e.tensorrt + ", this machine has TensorRT " + env.tensorrt;
     }
     if (e.has_flag("hardware_compatible")) {

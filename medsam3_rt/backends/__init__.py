@@ -17,12 +17,26 @@ from importlib import metadata
 
 from ..errors import BackendUnavailableError, UsageError
 from ..manifest import Manifest
-from .base import Availability, Backend, BackendOptions, DeviceTensor, GraphRunner, as_numpy
+from . import ort_install
+from .base import (
+    Availability,
+    Backend,
+    BackendOptions,
+    DeviceTensor,
+    GraphRunner,
+    OpenVinoOptions,
+    OrtCpuOptions,
+    OrtGpuOptions,
+    TensorrtOptions,
+    TorchOptions,
+    as_numpy,
+)
 from .openvino import OpenVinoBackend
 from .ort import OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
 from .tensorrt import TensorrtBackend
 
 log = logging.getLogger(__name__)
+ort_install.warn_if_conflicting()  # onnxruntime and onnxruntime-gpu both installed: say so with the fix
 
 BACKENDS: dict[str, type[Backend]] = {
     b.name: b for b in (TensorrtBackend, OrtTensorrtBackend, OrtCudaBackend, OrtCpuBackend, OpenVinoBackend)
@@ -41,6 +55,11 @@ __all__ = [
     "BackendOptions",
     "DeviceTensor",
     "GraphRunner",
+    "OpenVinoOptions",
+    "OrtCpuOptions",
+    "OrtGpuOptions",
+    "TensorrtOptions",
+    "TorchOptions",
     "as_numpy",
     "available",
     "backend_class",
@@ -87,7 +106,7 @@ def resolve(name: str, options: BackendOptions | None = None, *, manifest: Manif
         for candidate in AUTO_ORDER:
             status = BACKENDS[candidate].probe()
             if status.ok and manifest is not None:
-                status = BACKENDS[candidate].supports(manifest)
+                status = BACKENDS[candidate].supports(manifest, options)
             if status.ok:
                 log.info("backend auto -> %s%s", candidate, f" (skipped: {'; '.join(skipped)})" if skipped else "")
                 return BACKENDS[candidate](options)

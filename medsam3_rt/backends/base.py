@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from ..errors import ManifestError
+from ..errors import ManifestError, UsageError
 from ..graph_contract import GraphSpec
 from ..manifest import GraphEntry, Manifest
 
@@ -104,6 +104,85 @@ class BackendOptions:
     checkpoint: Path | None = None  # torch: the checkpoint the export was made from (checked against the manifest)
 
 
+# -- typed per-backend options ------------------------------------------------------------
+# `BackendOptions` above is the shared form (CLI, `medsam3_rt.load`, any backend); each backend
+# declares the typed options it honours (`Backend.options_type`) and reads only those
+# (`backend.settings`). Passing another backend's typed options is refused; passing
+# `BackendOptions` keeps working and is converted (its `fp16=True` means precision "fp16").
+
+_T = TypeVar("_T")
+
+
+def _precision(common: BackendOptions, default: str | None) -> str | None:
+    if common.precision is not None and common.fp16 and common.precision != "fp16":
+        raise UsageError(f"fp16=True and precision='{common.precision}' contradict each other; pass precision only")
+    return common.precision or ("fp16" if common.fp16 else default)
+
+
+@dataclass(frozen=True)
+class OrtCpuOptions:
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class OrtGpuOptions:
+    """ort-cuda / ort-trt. precision: fp32 (ort-cuda only runs fp32) | fp16 | bf16 (ort-trt)."""
+
+    device_id: int = 0
+    precision: str = "fp32"
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    gpu_mem_limit_bytes: int | None = None
+    cache_dir: Path | None = None  # ort-trt engine and timing caches
+    cuda_graph: bool = False  # only applied to fixed-shape graphs
+    keep_on_device: bool = True
+
+
+@dataclass(frozen=True)
+class TensorrtOptions:
+    """tensorrt. precision picks the built engine (fp16|bf16|fp32|fp16+int8|fp32+int8); None = best fitting."""
+
+    device_id: int = 0
+    precision: str | None = None
+    cuda_graph: bool = False
+    keep_on_device: bool = True
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    device_id: int = 0  # with device "GPU"/"NPU": which one
+    precision: str = "fp32"  # fp32 | fp16 (INFERENCE_PRECISION_HINT)
+    intra_op_threads: int | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    device_id: int = 0
+    precision: str | None = None  # fp32 | bf16 | fp16 (autocast); None = bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    cuda_graph: bool = False  # with compile: mode "reduce-overhead"
+    checkpoint: Path | None = None
+    keep_on_device: bool = True
+
+
+def typed_options(options_type: type[_T], common: BackendOptions) -> _T:
+    """The fields of `common` that `options_type` has (precision resolved from fp16)."""
+    names = {f.name for f in fields(options_type)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {f.name: getattr(common, f.name) for f in fields(common) if f.name in names and f.name != "precision"}
+    if "precision" in names:
+        default = next(f.default for f in fields(options_type) if f.name == "precision")  # type: ignore[arg-type]
+        values["precision"] = _precision(common, default)  # type: ignore[arg-type]
+    return options_type(**values)
+
+
+def common_options(typed: Any) -> BackendOptions:
+    """The shared `BackendOptions` of typed options (what `Model` and older code read)."""
+    names = {f.name for f in fields(BackendOptions)}
+    return BackendOptions(**{f.name: getattr(typed, f.name) for f in fields(typed) if f.name in names})
+
+
 class GraphRunner(ABC):
     """Runs one exported graph."""
 
@@ -150,18 +229,45 @@ class GraphRunner(ABC):
 class Backend(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    options_type: ClassVar[type] = BackendOptions  # the typed options this backend honours
 
     @classmethod
     @abstractmethod
     def probe(cls) -> Availability:
         """Whether this backend can run here. Never raises, never allocates device memory."""
 
-    def __init__(self, options: BackendOptions | None = None) -> None:
-        self.options = options or BackendOptions()
+    def __init__(self, options: Any = None) -> None:
+        """`options`: this backend's typed options (`options_type`), or the shared `BackendOptions`."""
+        if options is None or isinstance(options, BackendOptions):
+            self.options = options or BackendOptions()
+            self.settings: Any = typed_options(self.options_type, self.options) if self.options_type is not BackendOptions else self.options
+        elif isinstance(options, self.options_type):
+            self.settings = options
+            self.options = common_options(options)
+        else:
+            raise UsageError(f"backend '{self.name}' takes {self.options_type.__name__} or BackendOptions, not {type(options).__name__}")
+        self._models: dict[Path, Manifest] = {}
+
+    def attach(self, manifest: Manifest, model_dir: Path) -> None:
+        """The model context: `Model` hands over the manifest it validated before opening graphs.
+
+        Backends that need more than a graph entry (TensorRT: the engine entries; torch: the
+        checkpoint's source) read it with `manifest_for` instead of re-reading manifest.json.
+        """
+        self._models[Path(model_dir).resolve()] = manifest
+
+    def manifest_for(self, model_dir: Path) -> Manifest:
+        """The attached manifest of `model_dir`, or (a backend used without `Model`) the one on disk."""
+        key = Path(model_dir).resolve()
+        if key not in self._models:
+            from ..manifest import load_manifest
+
+            self._models[key] = load_manifest(model_dir, verify="none")  # graph files are verified by Model
+        return self._models[key]
 
     @classmethod
-    def supports(cls, manifest: Manifest) -> Availability:
-        """Whether this backend has what it needs for this export (e.g. engines built for this GPU)."""
+    def supports(cls, manifest: Manifest, options: BackendOptions | None = None) -> Availability:
+        """Whether this backend has what it needs for this export (e.g. engines built for the selected GPU)."""
         return Availability(True)
 
     @abstractmethod

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ModelError, UsageError, first_line
 from ..manifest import GraphEntry
-from .base import Availability, Backend, BackendOptions, GraphRunner
+from .base import Availability, Backend, BackendOptions, GraphRunner, OpenVinoOptions
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,17 @@ class OpenVinoRunner(GraphRunner):
 class OpenVinoBackend(Backend):
     name = NAME
     description = f"OpenVINO, reads the ONNX graphs (CPU; Intel GPU/NPU with device=...) ({_INSTALL_HINT})"
+    options_type = OpenVinoOptions
 
-    def __init__(self, options: BackendOptions | None = None, *, device: str = "CPU") -> None:
+    def __init__(self, options: BackendOptions | OpenVinoOptions | None = None, *, device: str = "CPU") -> None:
         super().__init__(options)
+        if self.settings.precision not in ("fp32", "fp16"):
+            raise UsageError(f"openvino precision '{self.settings.precision}' is not one of fp32, fp16")
         base = device.split(".")[0].upper()
         if base not in _DEVICES:
             raise UsageError(f"OpenVINO device '{device}' is not one of {', '.join(_DEVICES)} (optionally with .N, e.g. GPU.1)")
-        if base != "CPU" and "." not in device and self.options.device_id:
-            device = f"{base}.{self.options.device_id}"
+        if base != "CPU" and "." not in device and self.settings.device_id:
+            device = f"{base}.{self.settings.device_id}"
         self.device = device.upper()
 
     @classmethod
@@ -135,7 +138,7 @@ class OpenVinoBackend(Backend):
 
     def compile_config(self, core: Any) -> dict[str, Any]:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.options.fp16:
+        if self.settings.precision == "fp16":
             caps = [str(c) for c in core.get_property(self.device, "OPTIMIZATION_CAPABILITIES")]
             if "FP16" not in caps:
                 raise BackendUnavailableError(
@@ -144,10 +147,10 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = "f16"
         else:
             config["INFERENCE_PRECISION_HINT"] = "f32"
-        if self.options.intra_op_threads:
-            config["INFERENCE_NUM_THREADS"] = int(self.options.intra_op_threads)
-        if self.options.cache_dir is not None:
-            config["CACHE_DIR"] = str(self.options.cache_dir)
+        if self.settings.intra_op_threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.settings.intra_op_threads)
+        if self.settings.cache_dir is not None:
+            config["CACHE_DIR"] = str(self.settings.cache_dir)
         return config
 
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:

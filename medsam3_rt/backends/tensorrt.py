@@ -38,9 +38,9 @@ import numpy as np
 
 from .. import engines as eng
 from ..errors import BackendUnavailableError, EngineIncompatibleError, InputError, InternalError, first_line
-from ..manifest import GraphEntry, Manifest, load_manifest
+from ..manifest import GraphEntry, Manifest
 from . import _cuda
-from .base import Availability, Backend, BackendOptions, GraphRunner, Tensor, as_numpy, run_chunked
+from .base import Availability, Backend, BackendOptions, GraphRunner, Tensor, TensorrtOptions, as_numpy, run_chunked
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def gpu_environment(device_id: int = 0) -> eng.GpuEnvironment:
     """TensorRT version and the GPU's name and compute capability (no device memory allocated)."""
     trt = tensorrt_module()
     name, cc = _cuda.device_properties(device_id)
-    return eng.GpuEnvironment(tensorrt=str(trt.__version__), device_name=name, compute_capability=cc)
+    raw = str(trt.__version__)
+    return eng.GpuEnvironment(eng.normalize_tensorrt_version(raw), name, cc, tensorrt_raw=raw)
 
 
 def numpy_dtype(trt_dtype: Any) -> str:
@@ -83,6 +84,7 @@ def numpy_dtype(trt_dtype: Any) -> str:
 class TensorrtBackend(Backend):
     name = "tensorrt"
     description = "TensorRT engines built by `medsam3-rt build` (pip install 'medsam3-rt[trt]'); unverified on hardware"
+    options_type = TensorrtOptions
 
     @classmethod
     def probe(cls) -> Availability:
@@ -100,10 +102,10 @@ class TensorrtBackend(Backend):
         return Availability(True)
 
     @classmethod
-    def supports(cls, manifest: Manifest) -> Availability:
-        """Auto-selection only takes this backend when every graph has an engine for this GPU."""
+    def supports(cls, manifest: Manifest, options: BackendOptions | TensorrtOptions | None = None) -> Availability:
+        """Auto-selection only takes this backend when every graph has an engine for the selected GPU."""
         try:
-            env = gpu_environment(0)
+            env = gpu_environment(options.device_id if options is not None else 0)
         except BackendUnavailableError as e:
             return Availability(False, e.reason)
         missing = []
@@ -120,7 +122,9 @@ class TensorrtBackend(Backend):
             )
         return Availability(True)
 
-    def __init__(self, options: BackendOptions | None = None, *, engines: Mapping[str, eng.EngineEntry] | None = None) -> None:
+    def __init__(
+        self, options: BackendOptions | TensorrtOptions | None = None, *, engines: Mapping[str, eng.EngineEntry] | None = None
+    ) -> None:
         """`engines` names the engine per graph explicitly (the builder's accuracy gate uses it)."""
         super().__init__(options)
         self._explicit = dict(engines or {})
@@ -128,12 +132,11 @@ class TensorrtBackend(Backend):
         self.stream: _cuda.Stream | None = None
         self._runtime: Any = None
         self._env: eng.GpuEnvironment | None = None
-        self._manifests: dict[Path, Manifest] = {}
         self._open_runners = 0
 
     @property
     def device_id(self) -> int:
-        return self.options.device_id
+        return self.settings.device_id
 
     def environment(self) -> eng.GpuEnvironment:
         if self._env is None:
@@ -148,29 +151,23 @@ class TensorrtBackend(Backend):
             self._logger = trt.Logger(trt.Logger.WARNING)  # must outlive the runtime
             self._runtime = trt.Runtime(self._logger)
 
-    def _manifest(self, model_dir: Path) -> Manifest:
-        key = model_dir.resolve()
-        if key not in self._manifests:
-            self._manifests[key] = load_manifest(model_dir, verify="none")  # Model already verified the graph files
-        return self._manifests[key]
-
     def engine_for(self, entry: GraphEntry, model_dir: Path) -> eng.EngineEntry:
         if entry.name in self._explicit:
             return self._explicit[entry.name]
         env = self.environment()
-        found, reasons = eng.select_engine(self._manifest(model_dir).engines, entry.name, env, self.options.precision)
+        found, reasons = eng.select_engine(self.manifest_for(model_dir).engines, entry.name, env, self.settings.precision)
         if found is None:
-            wanted = f" {self.options.precision}" if self.options.precision else ""
+            wanted = f" {self.settings.precision}" if self.settings.precision else ""
             raise EngineIncompatibleError(
                 f"no{wanted} TensorRT engine for graph '{entry.name}' fits {env.device_name} (sm {env.compute_capability}) "
                 f"with TensorRT {env.tensorrt} ({'; '.join(reasons) or 'none built'}); "
-                f"build one with `medsam3-rt build {model_dir} --precision {self.options.precision or 'fp16'}`"
+                f"build one with `medsam3-rt build {model_dir} --precision {self.settings.precision or 'fp16'}`"
             )
         return found
 
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:
         engine_entry = self.engine_for(entry, model_dir)
-        manifest = self._manifest(model_dir)
+        manifest = self.manifest_for(model_dir)
         source = manifest.files.get(entry.file)
         # Everything that can be decided from the manifest is decided before deserialising.
         eng.check_compatible(engine_entry, self.environment(), model_dir, source.sha256 if source else None)
@@ -178,6 +175,7 @@ class TensorrtBackend(Backend):
         eng.verify_engine_bytes(engine_entry, data, model_dir)
         with self.lock:
             self._start()
+            _cuda.set_device(self.device_id)  # graphs may be opened lazily, from another thread than the first
             if "version_compatible" in engine_entry.flags:
                 self._runtime.engine_host_code_allowed = True  # such engines embed their lean runtime
             engine = self._runtime.deserialize_cuda_engine(data)
@@ -256,6 +254,9 @@ class TensorrtRunner(GraphRunner):
 
     def _run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         with self.backend.lock:
+            # The current CUDA device is per host thread: a thread that never selected it runs on
+            # device 0, where this engine's stream and buffers do not live. Cheap; every call.
+            _cuda.set_device(self.device_id)
             chunked = run_chunked(self.spec, feeds, self.batch_axis, self.max_batch(), lambda f: self._run_once(f, allow_device=False))
             return chunked if chunked is not None else self._run_once(feeds, allow_device=True)
 
@@ -325,7 +326,7 @@ class TensorrtRunner(GraphRunner):
             raise BackendUnavailableError("tensorrt", f"{self.spec.name}: execute_async_v3 failed (see the TensorRT log above)")
 
     def _execute(self, feeds: Mapping[str, Tensor], addresses: Mapping[str, int]) -> None:
-        if not self.backend.options.cuda_graph:
+        if not self.backend.settings.cuda_graph:
             self._enqueue()
             return
         key = (tuple((n, tuple(int(d) for d in feeds[n].shape)) for n in self.spec.input_names), tuple(sorted(addresses.items())))
@@ -348,6 +349,7 @@ class TensorrtRunner(GraphRunner):
         self._closed = True
         with self.backend.lock:
             if self.backend.stream is not None:
+                _cuda.set_device(self.device_id)
                 self.backend.stream.synchronize()
             for g in self._graphs.values():
                 g.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from .. import backends
+from ..backends import ort_install
 from ..manifest import load_manifest
 from .console import out_console
 
@@ -47,6 +48,10 @@ def info(
     out_console.print(
         f"parity vs {parity.get('reference', '?')}: {'passed' if parity.get('passed') else 'NOT passed'} ({parity.get('tolerance', '')})"
     )
+    out_console.print(f"onnxruntime: {ort_install.describe()}", highlight=False, soft_wrap=True)
+    clash = ort_install.conflict_message()
+    if clash:
+        out_console.print(f"[yellow]warning:[/] {clash}", highlight=False, soft_wrap=True)
     out_console.print("backends here:")
     for name, status in backends.available().items():
         out_console.print(f"  {name:9s} {'yes' if status.ok else 'no: ' + status.reason}", highlight=False, soft_wrap=True)

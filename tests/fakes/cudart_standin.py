@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import threading
 from dataclasses import dataclass
 
 
@@ -19,6 +20,8 @@ class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorMemoryAllocation = 2
     cudaErrorInvalidValue = 1
+    cudaErrorInvalidDevice = 101
+    cudaErrorInvalidResourceHandle = 400
     cudaErrorStreamCaptureUnsupported = 900
 
 
@@ -36,6 +39,13 @@ class cudaStreamCaptureMode(enum.IntEnum):
 cudaStreamNonBlocking = 1
 DEVICE_NAME = "Stand-in GPU (host memory, not CUDA)"
 COMPUTE_CAPABILITY = (9, 0)
+# Further devices are another model, so per-device mistakes show (GPU N's properties, GPU 0's work).
+OTHER_DEVICE_NAME = "Stand-in GPU B (host memory, not CUDA)"
+OTHER_COMPUTE_CAPABILITY = (8, 6)
+
+
+def device_props(device: int) -> tuple[str, tuple[int, int]]:
+    return (DEVICE_NAME, COMPUTE_CAPABILITY) if device == 0 else (OTHER_DEVICE_NAME, OTHER_COMPUTE_CAPABILITY)
 
 
 @dataclass
@@ -57,6 +67,16 @@ class State:
         self.graph_launches = 0
         self.next_stream = 1
         self.device_count = 1
+        # As in CUDA, the current device is per host thread (cudaSetDevice affects the caller only),
+        # starting at 0 in every new thread; streams and allocations belong to the device current
+        # when they were created, and work enqueued on a stream of another device fails.
+        self.current = threading.local()
+        self.stream_device: dict[int, int] = {}
+        self.allocation_device: dict[int, int] = {}
+
+
+def current_device() -> int:
+    return getattr(state.current, "device", 0)
 
 
 state = State()
@@ -80,18 +100,27 @@ def cudaGetDeviceCount():
 
 
 def cudaGetDeviceProperties(device):
-    if device >= state.device_count:
-        return (cudaError_t.cudaErrorInvalidValue, None)
-    return _ok(_Props(DEVICE_NAME.encode() + b"\0\0", *COMPUTE_CAPABILITY))
+    if not 0 <= device < state.device_count:
+        return (cudaError_t.cudaErrorInvalidDevice, None)
+    name, cc = device_props(device)
+    return _ok(_Props(name.encode() + b"\0\0", *cc))
 
 
 def cudaSetDevice(device):
-    return _ok() if device < state.device_count else (cudaError_t.cudaErrorInvalidValue,)
+    if not 0 <= device < state.device_count:
+        return (cudaError_t.cudaErrorInvalidDevice,)
+    state.current.device = int(device)
+    return _ok()
+
+
+def cudaGetDevice():
+    return _ok(current_device())
 
 
 def cudaStreamCreateWithFlags(flags):
     handle = state.next_stream
     state.next_stream += 1
+    state.stream_device[handle] = current_device()
     return _ok(handle)
 
 
@@ -110,6 +139,7 @@ def cudaMalloc(nbytes):
     buf = ctypes.create_string_buffer(int(nbytes))
     ptr = ctypes.addressof(buf)
     state.allocations[ptr] = buf
+    state.allocation_device[ptr] = current_device()
     state.malloc_calls += 1
     return _ok(ptr)
 
@@ -125,6 +155,19 @@ def cudaMemcpyAsync(dst, src, count, kind, stream):
     state.memcpy_calls += 1
     ctypes.memmove(int(dst), int(src), int(count))
     return _ok()
+
+
+def check_launch(stream: int, pointers) -> str | None:
+    """Why a kernel launch on `stream` touching `pointers` fails from this thread, or None."""
+    here = current_device()
+    owner = state.stream_device.get(int(stream), 0)
+    if owner != here:
+        return f"stream of device {owner} used while device {here} is current on this thread (cudaErrorInvalidResourceHandle)"
+    for p in pointers:
+        for base, buf in state.allocations.items():
+            if base <= int(p) < base + len(buf) and state.allocation_device.get(base, 0) != here:
+                return f"memory of device {state.allocation_device[base]} used from device {here}"
+    return None
 
 
 def enqueue(stream: int, work) -> None:

@@ -28,7 +28,49 @@ import onnxruntime
 
 from . import cudart_standin
 
-__version__ = "10.0.0+standin"
+# A real trt.__version__ format (wheels from 10.8 on carry the build number; 10.0-10.7 report
+# `10.3.0` or `10.7.0.post1`); tests that need another release set it with `set_version`.
+__version__ = "10.8.0.43"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    out = []
+    for part in version.split(".")[:3]:
+        digits = part[: len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def set_version(version: str) -> None:
+    global __version__
+    __version__ = version
+
+
+def _deprecated(what: str, since: tuple[int, int], instead: str) -> None:
+    """As the real bindings do for APIs marked [DEPRECATED] in their docstrings (10.1: INT8
+    calibrators, "Superseded by explicit quantization"; 10.12: weak-typing builder flags and
+    per-layer precision, "Superseded by strong typing")."""
+    if _release(__version__)[:2] >= since:
+        import warnings
+
+        warnings.warn(f"{what} is deprecated in TensorRT {since[0]}.{since[1]}. {instead}", DeprecationWarning, stacklevel=3)
+        deprecations.append(what)
+
+
+deprecations: list[str] = []
+# What the stand-in warns about, since when, and the real bindings' docstring text that says so
+# (tests/test_gpu_standins.py finds each text in the real tensorrt_cu12_bindings module).
+DEPRECATED = {
+    "IBuilderConfig.int8_calibrator": ((10, 1), "Deprecated in TensorRT 10.1. Superseded by explicit quantization."),
+    "BuilderFlag.FP16": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "BuilderFlag.BF16": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "BuilderFlag.INT8": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "BuilderFlag.OBEY_PRECISION_CONSTRAINTS": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "ILayer.precision": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+    "ILayer.set_output_type": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),
+}
 MAGIC = b"TRTSTANDIN\0"
 
 
@@ -64,6 +106,8 @@ class DataType(enum.Enum):
 
 
 float32 = DataType.FLOAT
+float16 = DataType.HALF
+bfloat16 = DataType.BF16
 _ONNX_TO_DT = {
     onnx.TensorProto.FLOAT: DataType.FLOAT,
     onnx.TensorProto.FLOAT16: DataType.HALF,
@@ -110,6 +154,7 @@ class LayerType(enum.Enum):
     SOFTMAX = 2
     NORMALIZATION = 3
     ELEMENTWISE = 4
+    SHAPE = 5
     OTHER = 99
 
 
@@ -121,6 +166,7 @@ _LAYER_TYPES = {
     "MatMul": LayerType.MATRIX_MULTIPLY,
     "Add": LayerType.ELEMENTWISE,
     "Mul": LayerType.ELEMENTWISE,
+    "Shape": LayerType.SHAPE,
 }
 
 
@@ -129,21 +175,39 @@ class IInt8EntropyCalibrator2:
         pass
 
 
+class ITensor:
+    def __init__(self, name: str, dtype: DataType) -> None:
+        self.name = name
+        self.dtype = dtype
+
+
 class ILayer:
-    def __init__(self, node: onnx.NodeProto) -> None:
+    def __init__(self, node: onnx.NodeProto, dtypes: dict[str, DataType], logger: ILogger) -> None:
         self.name = node.name
         self.type = _LAYER_TYPES.get(node.op_type, LayerType.OTHER)
         self.num_outputs = len(node.output)
+        self.outputs = [ITensor(o, dtypes.get(o, DataType.FLOAT)) for o in node.output]
         self.precision = DataType.FLOAT
         self.precision_is_set = False
         self.output_types: dict[int, DataType] = {}
+        self._logger = logger
 
     def __setattr__(self, key: str, value: object) -> None:
         if key == "precision" and "precision" in self.__dict__:
+            _deprecated("ILayer.precision", (10, 12), "Superseded by strong typing.")
             self.__dict__["precision_is_set"] = True
         super().__setattr__(key, value)
 
+    def get_output(self, index: int) -> ITensor:
+        return self.outputs[index]
+
     def set_output_type(self, index: int, dtype: DataType) -> None:
+        _deprecated("ILayer.set_output_type", (10, 12), "Superseded by strong typing.")
+        if self.type == LayerType.SHAPE or self.outputs[index].dtype not in (DataType.FLOAT, DataType.HALF, DataType.BF16):
+            # TensorRT logs an error (shape tensors must stay INT32/INT64) that then becomes the
+            # builder's last error message.
+            self._logger.log(ILogger.ERROR, f"{self.name}: cannot set output type of a {self.outputs[index].dtype.name} shape tensor")
+            return
         self.output_types[index] = dtype
 
 
@@ -164,16 +228,23 @@ class INetworkDefinition:
 class OnnxParser:
     def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
         self.network = network
+        self.logger = logger
         self.errors: list[str] = []
 
     def parse_from_file(self, path: str) -> bool:
+        """Like TensorRT's parser, reject a graph that is not a valid model (checked, shapes inferred), not just unreadable bytes."""
         try:
             model = onnx.load(path)
+            onnx.checker.check_model(path, full_check=True)
+            inferred = onnx.shape_inference.infer_shapes(model)
         except Exception as e:
-            self.errors.append(f"cannot read {path}: {e}")
+            self.errors.append(f"ModelImporter: {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             return False
+        dtypes = {}
+        for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input):
+            dtypes[v.name] = _ONNX_TO_DT.get(v.type.tensor_type.elem_type, DataType.FLOAT)
         self.network.model = model
-        self.network.layers = [ILayer(n) for n in model.graph.node]
+        self.network.layers = [ILayer(n, dtypes, self.logger) for n in model.graph.node]
         return True
 
     @property
@@ -192,26 +263,39 @@ class IOptimizationProfile:
         self.shapes[name] = (list(min), list(opt), list(max))
 
 
+def _current_gpu() -> dict:
+    name, cc = cudart_standin.device_props(cudart_standin.current_device())
+    return {"device": name, "cc": list(cc), "version": __version__}
+
+
 class ITimingCache:
+    """Tactic timings are only valid for the GPU model (and TensorRT) that measured them: the blob
+    records the device; `set_timing_cache(cache, ignore_mismatch=False)` refuses another one's."""
+
     def __init__(self, blob: bytes) -> None:
-        self.entries: set[str] = set(json.loads(blob.decode())) if blob else set()
+        data = json.loads(blob.decode()) if blob else {**_current_gpu(), "entries": []}
+        self.device = {k: data[k] for k in ("device", "cc", "version")}
+        self.entries: set[str] = set(data["entries"])
         self.loaded = set(self.entries)
 
     def serialize(self) -> bytes:
-        return json.dumps(sorted(self.entries)).encode()
+        return json.dumps({**self.device, "entries": sorted(self.entries)}).encode()
 
 
 class IBuilderConfig:
-    def __init__(self) -> None:
+    def __init__(self, logger: ILogger | None = None) -> None:
+        self.logger = logger or Logger()
+        self._calibrator: IInt8EntropyCalibrator2 | None = None
         self.flags: set[BuilderFlag] = {BuilderFlag.TF32}  # TF32 is on by default, as in TensorRT
         self.pool_limits: dict[MemoryPoolType, int] = {}
         self.builder_optimization_level = 3
         self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE
         self.profiles: list[IOptimizationProfile] = []
         self.timing_cache: ITimingCache | None = None
-        self.int8_calibrator: IInt8EntropyCalibrator2 | None = None
 
     def set_flag(self, flag: BuilderFlag) -> None:
+        if flag in (BuilderFlag.FP16, BuilderFlag.BF16, BuilderFlag.INT8, BuilderFlag.OBEY_PRECISION_CONSTRAINTS):
+            _deprecated(f"BuilderFlag.{flag.name}", (10, 12), "Superseded by strong typing.")
         self.flags.add(flag)
 
     def clear_flag(self, flag: BuilderFlag) -> None:
@@ -231,8 +315,21 @@ class IBuilderConfig:
         return ITimingCache(bytes(blob))
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        here = _current_gpu()
+        if not ignore_mismatch and (cache.device["device"], cache.device["cc"]) != (here["device"], here["cc"]):
+            self.logger.log(ILogger.ERROR, f"timing cache was created on {cache.device['device']}, this is {here['device']}")
+            return False
         self.timing_cache = cache
         return True
+
+    @property
+    def int8_calibrator(self) -> IInt8EntropyCalibrator2 | None:
+        return self._calibrator
+
+    @int8_calibrator.setter
+    def int8_calibrator(self, value: IInt8EntropyCalibrator2 | None) -> None:
+        _deprecated("IBuilderConfig.int8_calibrator", (10, 1), "Superseded by explicit quantization.")
+        self._calibrator = value
 
 
 class Builder:
@@ -245,7 +342,7 @@ class Builder:
         return INetworkDefinition(flags)
 
     def create_builder_config(self) -> IBuilderConfig:
-        return IBuilderConfig()
+        return IBuilderConfig(self.logger)
 
     def create_optimization_profile(self) -> IOptimizationProfile:
         return IOptimizationProfile()
@@ -290,6 +387,7 @@ class Builder:
             config.timing_cache.entries.add(graph_key)
         header = {
             "version": __version__,
+            "device": _current_gpu()["device"],  # a plan is specific to the GPU model current while building
             "io": io,
             "profile": profile,
             "strongly_typed": network.strongly_typed,
@@ -308,6 +406,7 @@ class Runtime:
 
     def __init__(self, logger: ILogger) -> None:
         self.logger = logger
+        self.engine_host_code_allowed = False  # version-compatible engines need it (lean runtime inside)
 
     def deserialize_cuda_engine(self, data: bytes) -> ICudaEngine | None:
         if not data.startswith(MAGIC):
@@ -315,7 +414,12 @@ class Runtime:
             return None
         (n,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
         header = json.loads(data[len(MAGIC) + 4 : len(MAGIC) + 4 + n])
-        if header["version"] != __version__:
+        if header.get("device") != _current_gpu()["device"]:
+            self.logger.log(
+                ILogger.ERROR, f"engine plan was built for {header.get('device')}, the current device is {_current_gpu()['device']}"
+            )
+            return None
+        if _release(header["version"]) != _release(__version__):  # plain engines: same release only
             self.logger.log(ILogger.ERROR, f"engine built with TensorRT {header['version']}")
             return None
         Runtime.deserialized.append(header)
@@ -421,6 +525,10 @@ class IExecutionContext:
                     raise RuntimeError(f"stand-in: {o.name} is {value.shape}, context said {shape}")
                 ctypes.memmove(ptr, value.ctypes.data, value.nbytes)
 
+        why = cudart_standin.check_launch(stream_handle, self.addresses.values())
+        if why is not None:
+            print(f"tensorrt stand-in: enqueue failed: {why}")
+            return False
         try:
             cudart_standin.enqueue(stream_handle, work)
         except Exception as e:
@@ -430,6 +538,8 @@ class IExecutionContext:
 
 
 def reset() -> None:
+    set_version("10.8.0.43")
+    deprecations.clear()
     Builder.built.clear()
     Runtime.deserialized.clear()
     IExecutionContext.executions = 0
