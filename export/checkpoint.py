@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +27,37 @@ HF_MODEL_TYPES = {"sam3": "Sam3Model", "sam3_video": "Sam3VideoModel"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
+# Parameters of Meta's sam3.pt that no exported graph uses, by original key (`detector.` removed).
+# Meta's geometry encoder always holds the point-prompt projections (Meta's video builder loads
+# sam3.pt with strict=True, so the released file has them); transformers' Sam3 has no point
+# prompts for the detector and the SDK prompts with text. They are reported, never dropped silently.
+UNEXPORTED_DETECTOR = re.compile(r"^geometry_encoder\.points_(?:direct|pool|pos_enc)_project\.")
+UNEXPORTED_REASON = "point-prompt projections of Meta's geometry encoder (no transformers counterpart; medsam3-rt prompts with text)"
+
+
 @dataclass
 class LoadedCheckpoint:
-    """A detector (`Sam3Model`) and, for video checkpoints, the `Sam3VideoModel` that owns it."""
+    """A detector (`Sam3Model`) and, for video checkpoints, the `Sam3VideoModel` that owns it.
+
+    `trained_semantics` is the prompt semantics a fine-tune recorded (training.json of a
+    medsam3 training checkpoint), None when the checkpoint does not say; see
+    `medsam3_export.semantics`.
+    """
 
     detector: Sam3Model
     video: Sam3VideoModel | None
     source: dict[str, Any] = field(default_factory=dict)
+    trained_semantics: str | None = None
 
     @property
     def has_tracker(self) -> bool:
         return self.video is not None
+
+    @property
+    def prompt_semantics(self) -> str:
+        from .semantics import DEFAULT_PROMPT_SEMANTICS
+
+        return self.trained_semantics or DEFAULT_PROMPT_SEMANTICS
 
 
 def load_checkpoint(path: str | Path, *, config: str | Path | None = None) -> LoadedCheckpoint:
@@ -119,9 +140,24 @@ def _load_hf_dir(root: Path) -> LoadedCheckpoint:
     _check_complete(info.get("missing_keys", []), info.get("mismatched_keys", []), root)
     model.eval()
     source = {"format": "hf", "path": root.name, "class": cls.__name__, "sha256": _dir_digest(root, [*weights, cfg_path])}
+    trained = _trained_semantics(root)
     if isinstance(model, Sam3VideoModel):
-        return LoadedCheckpoint(model.detector_model, model, source)
-    return LoadedCheckpoint(model, None, source)
+        return LoadedCheckpoint(model.detector_model, model, source, trained)
+    return LoadedCheckpoint(model, None, source, trained)
+
+
+def _trained_semantics(root: Path) -> str | None:
+    """`prompt_semantics` recorded by medsam3 training in the checkpoint's training.json, if any."""
+    from .semantics import check_prompt_semantics
+
+    info = root / "training.json"
+    if not info.is_file():
+        return None
+    try:
+        value = json.loads(info.read_text(encoding="utf-8")).get("prompt_semantics")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return None if value is None else check_prompt_semantics(str(value))
 
 
 def _check_complete(missing: list[str], mismatched: list[Any], where: Path) -> None:
@@ -175,9 +211,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _load_original(path: Path, config: str | Path | None) -> LoadedCheckpoint:
     state = read_state_dict(path)
     det_state = {k[len("detector.") :]: v for k, v in state.items() if k.startswith("detector.")}
+    prefixed = bool(det_state)
+    others = sorted(k for k in state if not k.startswith(("detector.", "tracker."))) if prefixed else []
+    if others:
+        raise CheckpointError(
+            f"'{path.name}' has {len(others)} keys outside detector.* / tracker.* (e.g. {', '.join(others[:3])}); "
+            "not a SAM3 checkpoint medsam3-rt knows"
+        )
     trk_state = {k[len("tracker.") :]: v for k, v in state.items() if k.startswith("tracker.")}
-    if not det_state:  # a detector-only dump without the prefix
+    if not det_state:  # a detector-only dump without the prefix (Meta's image model state dict)
         det_state, trk_state = dict(state), {}
+    unexported = {k: v for k, v in det_state.items() if UNEXPORTED_DETECTOR.match(k)}
+    det_state = {k: v for k, v in det_state.items() if k not in unexported}
+    if unexported:
+        count = sum(v.numel() for v in unexported.values())
+        log.warning(
+            "%s: %d tensors (%d parameters) are not exported: %s (%s)",
+            path.name,
+            len(unexported),
+            count,
+            ", ".join(sorted(unexported)),
+            UNEXPORTED_REASON,
+        )
     cfg = _resolve_config(config)
     neck_keys = {k for k in det_state if k.startswith("backbone.vision_backbone.sam2_convs.")}
     video: Sam3VideoModel | None = None
@@ -202,6 +257,15 @@ def _load_original(path: Path, config: str | Path | None) -> LoadedCheckpoint:
         "sha256": sha256_file(path),
         "class": "Sam3VideoModel" if video is not None else "Sam3Model",
     }
+    if unexported:
+        source["unexported_parameters"] = {
+            "reason": UNEXPORTED_REASON,
+            "tensors": [
+                {"name": "detector." + k if prefixed else k, "shape": list(v.shape), "count": v.numel()}
+                for k, v in sorted(unexported.items())
+            ],
+            "total": sum(v.numel() for v in unexported.values()),
+        }
     return LoadedCheckpoint(detector, video, source)
 
 
