@@ -82,3 +82,34 @@ def add_geometry_cls(
     features = torch.cat([text_features, cls.to(text_features.dtype)], dim=1)
     mask = torch.cat([text_mask.bool(), torch.ones(text_mask.shape[0], 1, dtype=torch.bool, device=text_mask.device)], dim=1)
     return features, mask
+
+
+def detector_forward(
+    detector: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_semantics: str,
+    *,
+    pixel_values: torch.Tensor | None = None,
+    vision_embeds: object | None = None,
+) -> object:
+    """`Sam3Model.forward` for text-only prompts under either semantics (training, evaluation).
+
+    "transformers" is the plain call. "meta" computes the vision and text features once,
+    appends the empty-prompt geometry CLS token and passes the combined prompt as
+    `text_embeds`, which `Sam3Model.forward` then uses exactly as it uses text + geometry
+    prompts. Gradients reach the geometry encoder's CLS embedding and layers.
+    """
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    semantics = check_prompt_semantics(prompt_semantics)
+    if semantics == "transformers":
+        if vision_embeds is not None:
+            return detector(vision_embeds=vision_embeds, input_ids=input_ids, attention_mask=attention_mask)
+        return detector(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+    vision = vision_embeds if vision_embeds is not None else detector.get_vision_features(pixel_values=pixel_values)
+    text = detector.get_text_features(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).pooler_output
+    features, mask = add_geometry_cls(
+        detector, text, attention_mask, tuple(vision.fpn_hidden_states[:-1]), tuple(vision.fpn_position_encoding[:-1])
+    )
+    return detector(vision_embeds=vision, text_embeds=BaseModelOutputWithPooling(pooler_output=features), attention_mask=mask)

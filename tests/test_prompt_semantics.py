@@ -123,3 +123,51 @@ def test_manifest_without_the_field_reads_as_transformers(tiny_export: Path) -> 
     m = load_manifest(tiny_export)
     assert manifest_prompt_semantics({k: v for k, v in m.model.items() if k != "prompt_semantics"}) == "transformers"
     assert manifest_prompt_semantics(m.model) == "meta"
+
+
+def test_training_default_is_meta_and_the_cls_token_learns(tiny_reference) -> None:
+    import copy
+
+    from medsam3_training.config import ConfigError, ModelConfig, RandomModelConfig
+    from medsam3_training.model import TrainingModel
+
+    assert ModelConfig(random=RandomModelConfig()).prompt_semantics == "meta"
+    with pytest.raises(ConfigError, match="prompt_semantics"):
+        ModelConfig(random=RandomModelConfig(), prompt_semantics="hf")
+    det = copy.deepcopy(tiny_reference).train()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 49000, (2, 32), generator=g)
+    mask = torch.zeros(2, 32, dtype=torch.long)
+    mask[:, :5] = 1
+    out = TrainingModel(det, o2m=False)(torch.randn(2, 3, 224, 224, generator=g), ids, mask)
+    (out.logits.sum() + out.pred_masks.mean()).backward()
+    assert det.geometry_encoder.cls_embed.weight.grad.abs().sum() > 0
+
+
+def test_demo_model_and_recipe_say_transformers() -> None:
+    from medsam3_training.recipes.demo_brain import PROMPT_SEMANTICS, train_config_dict
+
+    from medsam3_rt.demo import MODEL_DIR
+
+    assert PROMPT_SEMANTICS == "transformers"
+    assert train_config_dict(Path("/tmp/x"))["model"]["prompt_semantics"] == "transformers"
+    assert load_manifest(MODEL_DIR).model["prompt_semantics"] == "transformers"
+
+
+def test_export_follows_the_recorded_training_semantics(tiny_hf_dir: Path, tmp_path: Path, caplog) -> None:
+    import shutil
+
+    from medsam3_export import load_checkpoint
+    from medsam3_export.exporter import resolve_prompt_semantics
+
+    ckpt_dir = tmp_path / "fine-tune"
+    shutil.copytree(tiny_hf_dir, ckpt_dir)
+    (ckpt_dir / "training.json").write_text(json.dumps({"epoch": 1, "prompt_semantics": "transformers"}))
+    ckpt = load_checkpoint(ckpt_dir)
+    assert ckpt.trained_semantics == "transformers" and ckpt.prompt_semantics == "transformers"
+    assert resolve_prompt_semantics(None, ckpt) == ("transformers", "checkpoint")
+    with caplog.at_level("WARNING"):
+        assert resolve_prompt_semantics("meta", ckpt) == ("meta", "option")
+    assert "trained with 'transformers' prompt semantics" in caplog.text
+    plain = load_checkpoint(tiny_hf_dir)
+    assert plain.trained_semantics is None and resolve_prompt_semantics(None, plain) == ("meta", "default")
