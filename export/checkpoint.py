@@ -190,6 +190,23 @@ def _resolve_config(config: str | Path | None) -> Sam3VideoConfig | Sam3Config:
     raise CheckpointError(f"{cfg_path}: model_type must be 'sam3' or 'sam3_video', got {kind!r}")
 
 
+# Meta's ViT (sam3/model/vitdet.py) builds its LayerNorms with eps=1e-5; transformers'
+# Sam3ViTConfig defaults to 1e-6. A sam3.pt was trained with Meta's code, so its ViT gets 1e-5
+# (measured on a random 1008-px Meta build: with 1e-6 the FPN features differ from Meta's by
+# 7.5e-3 relative, with 1e-5 by 5e-7).
+META_VIT_LAYER_NORM_EPS = 1e-5
+
+
+def _meta_vit_layer_norm(cfg: Sam3VideoConfig | Sam3Config) -> Sam3VideoConfig | Sam3Config:
+    det = cfg.detector_config if isinstance(cfg, Sam3VideoConfig) else cfg
+    vision_configs = [det.vision_config]
+    if isinstance(cfg, Sam3VideoConfig) and getattr(cfg.tracker_config, "vision_config", None) is not None:
+        vision_configs.append(cfg.tracker_config.vision_config)
+    for vision in vision_configs:
+        vision.backbone_config.layer_norm_eps = META_VIT_LAYER_NORM_EPS
+    return cfg
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A torch pickle of tensors, loaded with weights_only=True (no code execution)."""
     try:
@@ -233,7 +250,7 @@ def _load_original(path: Path, config: str | Path | None) -> LoadedCheckpoint:
             ", ".join(sorted(unexported)),
             UNEXPORTED_REASON,
         )
-    cfg = _resolve_config(config)
+    cfg = _meta_vit_layer_norm(_resolve_config(config))
     neck_keys = {k for k in det_state if k.startswith("backbone.vision_backbone.sam2_convs.")}
     video: Sam3VideoModel | None = None
     if trk_state and isinstance(cfg, Sam3VideoConfig):
