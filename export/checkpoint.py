@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,17 +29,37 @@ HF_MODEL_TYPES = {"sam3": "Sam3Model", "sam3_video": "Sam3VideoModel"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
+# Parameters of Meta's sam3.pt that no exported graph uses, by original key (`detector.` removed).
+# Meta's geometry encoder always holds the point-prompt projections (Meta's video builder loads
+# sam3.pt with strict=True, so the released file has them); transformers' Sam3 has no point
+# prompts for the detector and the SDK prompts with text. They are reported, never dropped silently.
+UNEXPORTED_DETECTOR = re.compile(r"^geometry_encoder\.points_(?:direct|pool|pos_enc)_project\.")
+UNEXPORTED_REASON = "point-prompt projections of Meta's geometry encoder (no transformers counterpart; medsam3-rt prompts with text)"
+
+
 @dataclass
 class LoadedCheckpoint:
-    """A detector (`Sam3Model`) and, for video checkpoints, the `Sam3VideoModel` that owns it."""
+    """A detector (`Sam3Model`) and, for video checkpoints, the `Sam3VideoModel` that owns it.
+
+    `trained_semantics` is the prompt semantics a fine-tune recorded (training.json of a
+    medsam3 training checkpoint), None when the checkpoint does not say; see
+    `medsam3_export.semantics`.
+    """
 
     detector: Sam3Model
     video: Sam3VideoModel | None
     source: dict[str, Any] = field(default_factory=dict)
+    trained_semantics: str | None = None
 
     @property
     def has_tracker(self) -> bool:
         return self.video is not None
+
+    @property
+    def prompt_semantics(self) -> str:
+        from .semantics import DEFAULT_PROMPT_SEMANTICS
+
+        return self.trained_semantics or DEFAULT_PROMPT_SEMANTICS
 
 
 def load_checkpoint(path: str | Path, *, config: str | Path | None = None) -> LoadedCheckpoint:
@@ -137,9 +158,24 @@ def _load_hf_dir(root: Path) -> LoadedCheckpoint:
     _check_complete(info.get("missing_keys", []), info.get("mismatched_keys", []), root)
     model.eval()
     source = {"format": "hf", "path": root.name, "class": cls.__name__, "sha256": _dir_digest(root, [*weights, cfg_path])}
+    trained = _trained_semantics(root)
     if isinstance(model, Sam3VideoModel):
-        return LoadedCheckpoint(model.detector_model, model, source)
-    return LoadedCheckpoint(model, None, source)
+        return LoadedCheckpoint(model.detector_model, model, source, trained)
+    return LoadedCheckpoint(model, None, source, trained)
+
+
+def _trained_semantics(root: Path) -> str | None:
+    """`prompt_semantics` recorded by medsam3 training in the checkpoint's training.json, if any."""
+    from .semantics import check_prompt_semantics
+
+    info = root / "training.json"
+    if not info.is_file():
+        return None
+    try:
+        value = json.loads(info.read_text(encoding="utf-8")).get("prompt_semantics")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return None if value is None else check_prompt_semantics(str(value))
 
 
 def _check_complete(missing: list[str], mismatched: list[Any], where: Path) -> None:
@@ -172,6 +208,23 @@ def _resolve_config(config: str | Path | None) -> Sam3VideoConfig | Sam3Config:
     raise CheckpointError(f"{cfg_path}: model_type must be 'sam3' or 'sam3_video', got {kind!r}")
 
 
+# Meta's ViT (sam3/model/vitdet.py) builds its LayerNorms with eps=1e-5; transformers'
+# Sam3ViTConfig defaults to 1e-6. A sam3.pt was trained with Meta's code, so its ViT gets 1e-5
+# (measured on a random 1008-px Meta build: with 1e-6 the FPN features differ from Meta's by
+# 7.5e-3 relative, with 1e-5 by 5e-7).
+META_VIT_LAYER_NORM_EPS = 1e-5
+
+
+def _meta_vit_layer_norm(cfg: Sam3VideoConfig | Sam3Config) -> Sam3VideoConfig | Sam3Config:
+    det = cfg.detector_config if isinstance(cfg, Sam3VideoConfig) else cfg
+    vision_configs = [det.vision_config]
+    if isinstance(cfg, Sam3VideoConfig) and getattr(cfg.tracker_config, "vision_config", None) is not None:
+        vision_configs.append(cfg.tracker_config.vision_config)
+    for vision in vision_configs:
+        vision.backbone_config.layer_norm_eps = META_VIT_LAYER_NORM_EPS
+    return cfg
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A torch pickle of tensors, loaded with weights_only=True (no code execution)."""
     try:
@@ -193,10 +246,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _load_original(path: Path, config: str | Path | None) -> LoadedCheckpoint:
     state = read_state_dict(path)
     det_state = {k[len("detector.") :]: v for k, v in state.items() if k.startswith("detector.")}
+    prefixed = bool(det_state)
+    others = sorted(k for k in state if not k.startswith(("detector.", "tracker."))) if prefixed else []
+    if others:
+        raise CheckpointError(
+            f"'{path.name}' has {len(others)} keys outside detector.* / tracker.* (e.g. {', '.join(others[:3])}); "
+            "not a SAM3 checkpoint medsam3-rt knows"
+        )
     trk_state = {k[len("tracker.") :]: v for k, v in state.items() if k.startswith("tracker.")}
-    if not det_state:  # a detector-only dump without the prefix
+    if not det_state:  # a detector-only dump without the prefix (Meta's image model state dict)
         det_state, trk_state = dict(state), {}
-    cfg = _resolve_config(config)
+    unexported = {k: v for k, v in det_state.items() if UNEXPORTED_DETECTOR.match(k)}
+    det_state = {k: v for k, v in det_state.items() if k not in unexported}
+    if unexported:
+        count = sum(v.numel() for v in unexported.values())
+        log.warning(
+            "%s: %d tensors (%d parameters) are not exported: %s (%s)",
+            path.name,
+            len(unexported),
+            count,
+            ", ".join(sorted(unexported)),
+            UNEXPORTED_REASON,
+        )
+    cfg = _meta_vit_layer_norm(_resolve_config(config))
     neck_keys = {k for k in det_state if k.startswith("backbone.vision_backbone.sam2_convs.")}
     video: Sam3VideoModel | None = None
     if trk_state and isinstance(cfg, Sam3VideoConfig):
@@ -220,6 +292,15 @@ def _load_original(path: Path, config: str | Path | None) -> LoadedCheckpoint:
         "sha256": sha256_file(path),
         "class": "Sam3VideoModel" if video is not None else "Sam3Model",
     }
+    if unexported:
+        source["unexported_parameters"] = {
+            "reason": UNEXPORTED_REASON,
+            "tensors": [
+                {"name": "detector." + k if prefixed else k, "shape": list(v.shape), "count": v.numel()}
+                for k, v in sorted(unexported.items())
+            ],
+            "total": sum(v.numel() for v in unexported.values()),
+        }
     return LoadedCheckpoint(detector, video, source)
 
 

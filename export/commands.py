@@ -27,6 +27,12 @@ def export(
     opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset (>= 18 for antialiased Resize)."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     random: bool = typer.Option(False, "--random", help="CHECKPOINT names a preset; export random weights (tests, benchmarks)."),
+    prompt_semantics: str | None = typer.Option(
+        None,
+        "--prompt-semantics",
+        help="Detector text-only prompt: meta (Meta's sam3: + geometry-encoder CLS token) or transformers "
+        "(text tokens only). Default: what the checkpoint was trained with if it records it, else meta.",
+    ),
 ) -> None:
     """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
     exp = import_optional("medsam3_export.exporter", "export", "`medsam3-rt export`")
@@ -38,7 +44,8 @@ def export(
             say(msg)
 
         source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
-        exp.export_model(source, output, config=config, options=exp.ExportOptions(opset=opset, overwrite=force), progress=progress)
+        options = exp.ExportOptions(opset=opset, overwrite=force, prompt_semantics=prompt_semantics)
+        exp.export_model(source, output, config=config, options=options, progress=progress)
 
 
 @build_app.command("build", no_args_is_help=True)

@@ -42,6 +42,7 @@ from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import build_graph_module
 from .manifest_writer import file_entry
 from .onnx_export import DEFAULT_OPSET, export_graph
+from .semantics import DEFAULT_PROMPT_SEMANTICS, DESCRIPTIONS, check_prompt_semantics
 from .tokenizer_files import checkpoint_tokenizer, write_tokenizer
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,32 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """`prompt_semantics`: "meta" or "transformers" for the detector graph (see
+    `medsam3_export.semantics`); None takes the one the checkpoint was trained with when it
+    records it (medsam3 training's training.json), else "meta"."""
+
     opset: int = DEFAULT_OPSET
     tolerance: parity.Tolerance = field(default_factory=parity.Tolerance)
     overwrite: bool = False
+    prompt_semantics: str | None = None
+
+
+def resolve_prompt_semantics(requested: str | None, ckpt: LoadedCheckpoint) -> tuple[str, str]:
+    """(semantics, where it came from): an explicit option wins over the checkpoint's record,
+    with a warning when they differ (the graph then differs from the model as trained)."""
+    trained = ckpt.trained_semantics
+    if requested is None:
+        return (trained, "checkpoint") if trained else (DEFAULT_PROMPT_SEMANTICS, "default")
+    chosen = check_prompt_semantics(requested)
+    if trained and trained != chosen:
+        log.warning(
+            "the checkpoint was trained with '%s' prompt semantics but --prompt-semantics %s was given; "
+            "the detector graph follows '%s' and will not reproduce the model as trained",
+            trained,
+            chosen,
+            chosen,
+        )
+    return chosen, "option"
 
 
 def model_dims(ckpt: LoadedCheckpoint) -> gc.ModelDims:
@@ -215,6 +239,8 @@ def export_model(
 ) -> Manifest:
     """Export a SAM3 checkpoint (HF directory, sam3.pt, or a loaded model) to `output_dir`."""
     opts = options or ExportOptions()
+    if opts.prompt_semantics is not None:
+        check_prompt_semantics(opts.prompt_semantics)  # a typo fails before the checkpoint loads
     say = progress or (lambda msg: log.info(msg))
     out = Path(output_dir)
     if out.exists() and not opts.overwrite:
@@ -226,6 +252,11 @@ def export_model(
         ckpt = load_checkpoint(source, config=config)
         source_dir = Path(source) if Path(source).is_dir() else None
     dims = model_dims(ckpt)
+    semantics, semantics_from = resolve_prompt_semantics(opts.prompt_semantics, ckpt)
+    say(f"detector prompt semantics: {semantics} ({semantics_from})")
+    if ckpt.source.get("unexported_parameters"):
+        un = ckpt.source["unexported_parameters"]
+        say(f"not exported: {len(un['tensors'])} tensors, {un['total']} parameters ({un['reason']})")
     specs = gc.expected_specs(dims)
     det = ckpt.detector
     names = list(gc.DETECTOR_GRAPHS) + (list(gc.TRACKER_GRAPHS) if dims.has_tracker else [])
@@ -237,7 +268,7 @@ def export_model(
         preprocess = Preprocess(image_size=dims.image_size)
         pixels = pixel_values(parity_image(dims.image_size), preprocess)
 
-        modules = {name: build_graph_module(name, ckpt, dims) for name in names}
+        modules = {name: build_graph_module(name, ckpt, dims, semantics) for name in names}
         say("running the PyTorch reference")
         inputs: dict[str, dict[str, torch.Tensor]] = {}
         refs: dict[str, dict[str, np.ndarray]] = {}
@@ -268,7 +299,10 @@ def export_model(
         finally:
             _set_attention(model, previous_attn)
         reference = f"transformers {type(model).__name__} fp32 ({previous_attn} attention), CPU"
-        report = parity.report(results, opts.tolerance, reference)
+        per_graph = {name: reference for name in names}
+        if semantics == "meta":
+            per_graph[gc.DETECTOR] = f"{reference} with Meta's text-only prompt (geometry-encoder CLS token, medsam3_export.semantics)"
+        report = parity.report(results, opts.tolerance, reference, per_graph)
         atomic_write_text(stage / PARITY_REPORT, json.dumps(report, indent=2))
         for r in results:
             say(("ok    " if r.passed else "FAIL  ") + r.describe())
@@ -280,6 +314,13 @@ def export_model(
                 "name": out.name,
                 "architecture": "sam3",
                 "source": {**ckpt.source, "tokenizer": tokenizer_source},
+                "prompt_semantics": semantics,
+                "prompt_semantics_detail": {
+                    "from": semantics_from,
+                    "trained_with": ckpt.trained_semantics,
+                    "description": DESCRIPTIONS[semantics],
+                    "graphs": [gc.DETECTOR],
+                },
                 "config": model.config.to_dict(),
                 "intended_use": INTENDED_USE,
             },
@@ -295,6 +336,7 @@ def export_model(
                 "passed": report["passed"],
                 "tolerance": report["tolerance"],
                 "reference": reference,
+                "references": per_graph,
                 "report": PARITY_REPORT,
                 "worst": {
                     f"{r.graph}.{r.output}": {

@@ -66,6 +66,15 @@ def check(results: Iterable[OutputParity]) -> None:
         raise ParityError("export parity failed: " + "; ".join(r.describe() for r in failed))
 
 
-def report(results: Iterable[OutputParity], tol: Tolerance, reference: str) -> dict:
-    rows = [asdict(r) for r in results]
-    return {"reference": reference, "tolerance": tol.describe(), "passed": all(r["passed"] for r in rows), "outputs": rows}
+def report(results: Iterable[OutputParity], tol: Tolerance, reference: str, per_graph: Mapping[str, str] | None = None) -> dict:
+    """The parity report: `reference` names what the graphs were compared with (per graph in
+    `references`, and on every row), so a reader knows whether it is transformers or Meta's code."""
+    per_graph = dict(per_graph or {})
+    rows = [{**asdict(r), "reference": per_graph.get(r.graph, reference)} for r in results]
+    return {
+        "reference": reference,
+        "references": per_graph,
+        "tolerance": tol.describe(),
+        "passed": all(r["passed"] for r in rows),
+        "outputs": rows,
+    }

@@ -303,9 +303,10 @@ def _fuse_qkv(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # maskmem_backbone = memory encoder, obj_ptr_proj, ...) and the tracker's FPN neck inside
 # the detector backbone as `sam2_convs`. transformers' convert_sam3_video_to_hf.py renames
 # them with ordered substring rules; here the same renames are symmetric templates
-# ({i}: a number, {a}: a module name, {p}: q/k/v_proj), usable in both directions. Not
-# verified against a released sam3.pt (none can be downloaded here): verified by round trip
-# over every module name transformers' Sam3VideoModel defines.
+# ({i}: a number, {a}: a module name, {p}: q/k/v_proj), usable in both directions. Verified
+# against the state dict of Meta's own `build_sam3_video_model` (sam3 0.1.4, which loads
+# sam3.pt with strict=True; tests/test_meta_reference.py) and by round trip over every
+# module name transformers' Sam3VideoModel defines.
 _MLP3 = (("layers.0", "proj_in"), ("layers.1", "layers.0"), ("layers.2", "proj_out"))
 TRACKER_TEMPLATES: tuple[tuple[str, str], ...] = (
     ("maskmem_tpos_enc", "memory_temporal_positional_encoding"),
@@ -327,6 +328,10 @@ TRACKER_TEMPLATES: tuple[tuple[str, str], ...] = (
     ("sam_mask_decoder.transformer.layers.{i}.{a}.out_proj.", "mask_decoder.transformer.layers.{i}.{a}.o_proj."),
     ("sam_mask_decoder.transformer.layers.{i}.{a}.{p}.", "mask_decoder.transformer.layers.{i}.{a}.{p}."),
     ("sam_mask_decoder.transformer.layers.{i}.norm{j}.", "mask_decoder.transformer.layers.{i}.layer_norm{j}."),
+    # Meta's SAM mask decoder MLP (SAM2's MLPBlock) is lin1/lin2; listed first, so the reverse
+    # direction writes Meta's names. layers.0/1 (transformers' converter input) still load.
+    ("sam_mask_decoder.transformer.layers.{i}.mlp.lin1.", "mask_decoder.transformer.layers.{i}.mlp.proj_in."),
+    ("sam_mask_decoder.transformer.layers.{i}.mlp.lin2.", "mask_decoder.transformer.layers.{i}.mlp.proj_out."),
     ("sam_mask_decoder.transformer.layers.{i}.mlp.layers.0.", "mask_decoder.transformer.layers.{i}.mlp.proj_in."),
     ("sam_mask_decoder.transformer.layers.{i}.mlp.layers.1.", "mask_decoder.transformer.layers.{i}.mlp.proj_out."),
     ("sam_mask_decoder.transformer.final_attn_token_to_image.out_proj.", "mask_decoder.transformer.final_attn_token_to_image.o_proj."),

@@ -84,8 +84,11 @@ def tiny_video_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_video_export(tiny_video_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exported with transformers' text-only semantics: its streaming reference is transformers'
+    `Sam3VideoModel`, whose detector runs that way (test_streaming_parity.py). `tiny_export`
+    has the default, Meta's semantics."""
     out = tmp_path_factory.mktemp("video-export") / "tiny-video-export"
-    cli("export", str(tiny_video_hf_dir), "--output", str(out), "--quiet", check=True)
+    cli("export", str(tiny_video_hf_dir), "--output", str(out), "--quiet", "--prompt-semantics", "transformers", check=True)
     return out
 
 

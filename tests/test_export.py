@@ -28,7 +28,8 @@ def clip_tokenizer():
 
 
 def test_wrappers_equal_the_original_forward(tiny_reference, clip_tokenizer) -> None:
-    """Backbone + text + detector wrappers reproduce `Sam3Model.forward` for a prompt batch."""
+    """Backbone + text + detector wrappers reproduce `Sam3Model.forward` for a prompt batch
+    (transformers' text-only semantics; Meta's is tested in test_prompt_semantics.py)."""
     from medsam3_export.graphs.detector import DetectorGraph
     from medsam3_export.graphs.image_backbone import ImageBackboneGraph
     from medsam3_export.graphs.text_encoder import TextEncoderGraph
@@ -40,7 +41,7 @@ def test_wrappers_equal_the_original_forward(tiny_reference, clip_tokenizer) -> 
         ref = tiny_reference(pixel_values=pixels.repeat(2, 1, 1, 1), input_ids=ids, attention_mask=attn)
         fpn = ImageBackboneGraph(tiny_reference)(pixels)
         text = TextEncoderGraph(tiny_reference)(ids, attn)
-        got = DetectorGraph(tiny_reference, 16)(*fpn, text, attn.bool())
+        got = DetectorGraph(tiny_reference, 16, "transformers")(*fpn, text, attn.bool())
     for name, value in zip(("pred_logits", "pred_boxes", "presence_logits", "pred_masks", "semantic_seg"), got):
         torch.testing.assert_close(value, getattr(ref, name), rtol=0, atol=1e-6, msg=name)
 

@@ -1,5 +1,10 @@
 """End to end: `medsam3_rt.load(...).segment` vs transformers' Sam3Model with SAM3's processing.
 
+The export has the default (Meta's) text-only prompt semantics, so the reference runs
+`Sam3Model.forward` with the geometry encoder's CLS token appended (`detector_forward(...,
+"meta")`, proven equal to the original modules in test_prompt_semantics.py); the comparison
+with Meta's own code is test_meta_reference.py.
+
 The reference preprocesses like transformers' Sam3ImageProcessor (see test_preprocess.py for
 why its torch math is spelled out), runs `Sam3Model.forward` with the CLIP tokenizer's ids,
 and post-processes like `Sam3ImageProcessor.post_process_instance_segmentation` (sigmoid,
@@ -13,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import phantom
+from medsam3_export.semantics import detector_forward
 
 from medsam3_rt.preprocess import to_rgb
 
@@ -30,8 +36,8 @@ def reference_segment(model, tokenizer, image: np.ndarray, prompts: list[str]):
     t = F.interpolate(t.contiguous(), size=(224, 224), mode="bilinear", antialias=True, align_corners=False).float()
     pixels = (t - 127.5) / 127.5
     enc = tokenizer(prompts, padding="max_length", max_length=32, return_tensors="pt")
-    with torch.no_grad():
-        out = model(pixel_values=pixels.repeat(len(prompts), 1, 1, 1), input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    with torch.no_grad():  # the export's default, Meta's text-only semantics (test_prompt_semantics.py)
+        out = detector_forward(model, enc["input_ids"], enc["attention_mask"], "meta", pixel_values=pixels.repeat(len(prompts), 1, 1, 1))
     scores = out.pred_logits.sigmoid() * out.presence_logits.sigmoid()
     best = scores.argmax(dim=1)
     rows = torch.arange(len(prompts))

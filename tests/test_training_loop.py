@@ -69,6 +69,10 @@ def test_resume_is_exact(tmp_path: Path, discs: Path) -> None:
 
     init = random_model(RandomModelConfig(preset="tiny", overrides=dict(straight.model.source["overrides"]), seed=0)).detector.state_dict()
     assert any(not torch.equal(init[k], wa[k]) for k in wa)
+    # the default (Meta's) prompt semantics is recorded for export, and the CLS token was trained
+    assert json.loads((tmp_path / "a" / "last" / "training.json").read_text())["prompt_semantics"] == "meta"
+    cls = "geometry_encoder.cls_embed.weight"
+    assert not torch.equal(init[cls], wa[cls])
 
 
 def test_video_checkpoint_keeps_the_source_tracker(tmp_path: Path, discs: Path) -> None:

@@ -37,11 +37,20 @@ def inputs(seed: int = 0, b: int = 2):
     return torch.randn(b, 3, 56, 56, generator=g), ids, mask
 
 
-def test_per_layer_outputs_match_the_model(detector) -> None:
+@pytest.mark.parametrize("semantics", ["meta", "transformers"])
+def test_per_layer_outputs_match_the_model(detector, semantics: str) -> None:
+    """The last layer equals the detector's forward under the same prompt semantics
+    (transformers: `Sam3Model.forward` itself; meta: + the geometry CLS token, which
+    test_prompt_semantics.py proves against the original modules)."""
+    from medsam3_export.semantics import detector_forward
+
     px, ids, mask = inputs()
     with torch.no_grad():
-        ref = detector(pixel_values=px, input_ids=ids, attention_mask=mask)
-        out = TrainingModel(detector, o2m=True)(px, ids, mask)
+        ref = detector_forward(detector, ids, mask, semantics, pixel_values=px)
+        if semantics == "transformers":
+            plain = detector(pixel_values=px, input_ids=ids, attention_mask=mask)
+            torch.testing.assert_close(ref.pred_logits, plain.pred_logits, rtol=0, atol=0)
+        out = TrainingModel(detector, o2m=True, prompt_semantics=semantics)(px, ids, mask)
     layers = detector.config.detr_decoder_config.num_layers
     assert out.logits.shape == (layers, 2, 8) and out.boxes_xyxy.shape == (layers, 2, 8, 4) and out.presence.shape == (layers, 2)
     torch.testing.assert_close(out.logits[-1], ref.pred_logits)

@@ -237,7 +237,7 @@ def _torch_predictor(ckpt: Path, device: str) -> Any:
     dev = pick_device(device, 0)
     loaded.detector.to(dev).eval()
     tokenizer, _ = checkpoint_tokenizer(ckpt if ckpt.is_dir() else None)
-    return TorchPredictor(loaded.detector, tokenizer, dev)
+    return TorchPredictor(loaded.detector, tokenizer, dev, prompt_semantics=loaded.prompt_semantics)
 
 
 class _EvalBar:

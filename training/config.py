@@ -167,10 +167,16 @@ class ModelConfig:
     checkpoint: str | None = None  # Hugging Face SAM3 directory or sam3.pt
     config: str | None = None  # geometry of a sam3.pt (preset name or config.json)
     random: RandomModelConfig | None = None
+    # Text-only prompt semantics of the forward pass: "meta" (Meta's sam3: the geometry encoder's
+    # CLS token for the empty geometric prompt is appended to the text tokens) or "transformers"
+    # (Sam3Model: text tokens only). Recorded in the checkpoints; export follows it.
+    prompt_semantics: str = "meta"
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.random is None):
             raise ConfigError("model: give exactly one of model.checkpoint (a SAM3 checkpoint) or model.random (a preset geometry)")
+        if self.prompt_semantics not in ("meta", "transformers"):
+            raise ConfigError(f"model.prompt_semantics must be meta or transformers, got '{self.prompt_semantics}'")
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,13 @@ class TorchPredictor:
 
     name = "pytorch"
 
-    def __init__(self, detector: Any, tokenizer: Any, device: Any = "cpu", *, context_length: int = 32) -> None:
+    def __init__(
+        self, detector: Any, tokenizer: Any, device: Any = "cpu", *, context_length: int = 32, prompt_semantics: str = "meta"
+    ) -> None:
         import torch
 
         self.torch = torch
+        self.prompt_semantics = prompt_semantics  # as the model was trained (medsam3_export.semantics)
         self.detector = detector
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -101,6 +104,7 @@ class TorchPredictor:
 
     def predict(self, image: np.ndarray, prompts: list[str]) -> Prediction:
         torch = self.torch
+        from medsam3_export.semantics import detector_forward
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         ids, mask = self.tokens(prompts)
@@ -115,7 +119,9 @@ class TorchPredictor:
                     fpn_hidden_states=tuple(f.expand(n, -1, -1, -1) for f in vision.fpn_hidden_states),
                     fpn_position_encoding=tuple(p.expand(n, -1, -1, -1) for p in vision.fpn_position_encoding),
                 )
-                out = self.detector(vision_embeds=expanded, input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+                out = detector_forward(
+                    self.detector, ids.to(self.device), mask.to(self.device), self.prompt_semantics, vision_embeds=expanded
+                )
         finally:
             self.detector.train(was_training)
         return combine_outputs(

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from medsam3_export.semantics import detector_forward
 from torch import nn
 from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
 
@@ -70,10 +71,13 @@ class TrainingModel(nn.Module):
     The i-th image is paired with the i-th prompt (one triplet per row), as in `Sam3Model`.
     """
 
-    def __init__(self, detector: nn.Module, *, o2m: bool = True) -> None:
+    def __init__(self, detector: nn.Module, *, o2m: bool = True, prompt_semantics: str = "meta") -> None:
         super().__init__()
         self.detector = detector
         self.o2m = o2m
+        # "meta": Meta's text-only prompt (+ geometry-encoder CLS token), as the exported
+        # detector graph runs it by default; "transformers": Sam3Model's (medsam3_export.semantics).
+        self.prompt_semantics = prompt_semantics
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DetectorOutputs:
         det = self.detector
@@ -95,7 +99,7 @@ class TrainingModel(nn.Module):
             det.dot_product_scoring.register_forward_hook(after_scoring),
         ]
         try:
-            out = det(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+            out = detector_forward(det, input_ids, attention_mask, self.prompt_semantics, pixel_values=pixel_values)
         finally:
             for h in handles:
                 h.remove()

@@ -237,7 +237,7 @@ class Trainer:
         if model.video is not None:
             model.video.to(dist.device)
         checkpointed = enable_gradient_checkpointing(detector) if cfg.train.gradient_checkpointing else 0
-        wrapper: torch.nn.Module = TrainingModel(detector, o2m=cfg.loss.o2m.enabled)
+        wrapper: torch.nn.Module = TrainingModel(detector, o2m=cfg.loss.o2m.enabled, prompt_semantics=cfg.model.prompt_semantics)
         if dist.distributed:
             wrapper = torch.nn.parallel.DistributedDataParallel(
                 wrapper, device_ids=[dist.device.index] if dist.device.type == "cuda" else None, find_unused_parameters=True
@@ -370,7 +370,13 @@ class Trainer:
                         f.write(json.dumps(json_safe(entry), allow_nan=False) + "\n")
                     if improved:
                         best = {"dice": dice, "iou": summary["mean"]["iou"], "epoch": entry["epoch"], "step": step}
-                        info = {"epoch": entry["epoch"], "step": step, "validation": summary, "source": model.source}
+                        info = {
+                            "epoch": entry["epoch"],
+                            "step": step,
+                            "validation": summary,
+                            "source": model.source,
+                            "prompt_semantics": cfg.model.prompt_semantics,
+                        }
                         save_checkpoint(best_dir, model, info=info, split_json=self.out / SPLIT_FILE, tokenizer_dir=tokenizer_dir)
                     self.progress.validation(epoch - 1 if epoch_finished else epoch, summary, improved)
                     if tb is not None:
@@ -411,7 +417,9 @@ class Trainer:
         """Rank 0 evaluates every dataset's validation samples; the others wait."""
         summary = None
         if dist.main and any(data.val.values()):
-            predictor = TorchPredictor(detector, tokenizer, dist.device, context_length=CONTEXT_LENGTH)
+            predictor = TorchPredictor(
+                detector, tokenizer, dist.device, context_length=CONTEXT_LENGTH, prompt_semantics=self.cfg.model.prompt_semantics
+            )
             report = evaluate(data.sources, data.val, [predictor], max_images=self.cfg.train.val_max_images)
             p = report["predictors"][predictor.name]
             summary = {
@@ -442,7 +450,14 @@ class Trainer:
                 "scheduler": scheduler.state_dict(),
                 "rng": rngs,
             }
-            info = {"epoch": epoch, "batch": batch, "step": step, "best": best, "source": model.source}
+            info = {
+                "epoch": epoch,
+                "batch": batch,
+                "step": step,
+                "best": best,
+                "source": model.source,
+                "prompt_semantics": self.cfg.model.prompt_semantics,
+            }
             save_checkpoint(
                 self.out / LAST, model, info=info, split_json=self.out / SPLIT_FILE, tokenizer_dir=tokenizer_dir, trainer_state=state
             )

@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from ..checkpoint import LoadedCheckpoint
 
 
-def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims) -> nn.Module:
+def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims, prompt_semantics: str | None = None) -> nn.Module:
     """The `nn.Module` whose forward is graph `name` of the contract, on the checkpoint's weights.
 
     The exporter exports these modules and the PyTorch backend runs them, so ONNX, TensorRT
-    and PyTorch execute the same computation graph by graph.
+    and PyTorch execute the same computation graph by graph. `prompt_semantics` (detector
+    only): "meta" or "transformers"; None means the checkpoint's own (`ckpt.prompt_semantics`).
     """
     from .detector import DetectorGraph
     from .image_backbone import ImageBackboneGraph
@@ -34,7 +35,7 @@ def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims) ->
     if name == gc.IMAGE_BACKBONE:
         return ImageBackboneGraph(ckpt.detector, ckpt.video if dims.has_tracker else None).eval()
     if name == gc.DETECTOR:
-        return DetectorGraph(ckpt.detector, dims.feat_size).eval()
+        return DetectorGraph(ckpt.detector, dims.feat_size, prompt_semantics or ckpt.prompt_semantics).eval()
     tracker_graphs = {gc.TRACKER_INIT: TrackerInitGraph, gc.TRACKER_STEP: TrackerStepGraph, gc.MEMORY_ENCODER: MemoryEncoderGraph}
     if name in tracker_graphs:
         if ckpt.video is None:

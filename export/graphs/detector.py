@@ -10,6 +10,8 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+from ..semantics import DEFAULT_PROMPT_SEMANTICS, PromptSemantics, add_geometry_cls, check_prompt_semantics
+
 
 @contextlib.contextmanager
 def static_rpb_shape(detr_decoder: nn.Module, height: int, width: int) -> Iterator[None]:
@@ -40,12 +42,17 @@ class DetectorGraph(nn.Module):
     One image, P prompts: the image features are broadcast to the prompt batch, because
     `Sam3Model` pairs the i-th image with the i-th prompt. The sine position encodings the
     neck would compute are built once here and stored as constants.
+
+    `prompt_semantics` "meta" appends the geometry encoder's CLS token for the empty
+    geometric prompt to every text prompt, as Meta's SAM3 does (see `medsam3_export.semantics`);
+    "transformers" passes the text tokens alone, as `Sam3Model.forward` does without boxes.
     """
 
-    def __init__(self, detector: nn.Module, feat_size: int) -> None:
+    def __init__(self, detector: nn.Module, feat_size: int, prompt_semantics: PromptSemantics = DEFAULT_PROMPT_SEMANTICS) -> None:
         super().__init__()
         self.detector = detector
         self.feat_size = feat_size
+        self.prompt_semantics = check_prompt_semantics(prompt_semantics)
         neck = detector.vision_encoder.neck
         channels = detector.config.vision_config.fpn_hidden_size
         for level, scale in enumerate((4, 2, 1)):
@@ -65,6 +72,8 @@ class DetectorGraph(nn.Module):
         pos = tuple(p.expand(prompts, -1, -1, -1).to(det_fpn_0.dtype) for p in (self.pos_0, self.pos_1, self.pos_2))
         # Sam3Model drops the last (0.5x) level; pass the 1x level again as a placeholder.
         vision = Sam3VisionEncoderOutput(fpn_hidden_states=fpn + fpn[-1:], fpn_position_encoding=pos + pos[-1:])
+        if self.prompt_semantics == "meta":
+            text_features, text_mask = add_geometry_cls(self.detector, text_features, text_mask, fpn, pos)
         with static_rpb_shape(self.detector.detr_decoder, self.feat_size, self.feat_size):
             out = self.detector(
                 vision_embeds=vision,

@@ -34,6 +34,8 @@ def info(
         f"image {m.dims.image_size}x{m.dims.image_size}, patch {m.dims.patch_size}, "
         f"{m.dims.num_queries} queries, tracker: {'yes' if m.has_tracker else 'no'}"
     )
+    # Exports without the field predate it; their detector graphs followed transformers.
+    out_console.print(f"prompt semantics: {m.model.get('prompt_semantics', 'transformers')} (detector, text-only prompts)")
     out_console.print(f"[dim]{m.model.get('intended_use')}[/]")
     out_console.print("graphs:")
     for name, g in m.graphs.items():

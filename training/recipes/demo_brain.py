@@ -93,6 +93,10 @@ TRAIN_STRIDE = 2
 SPLIT_BLOCK = 10
 # the demo's prompts: 2D on the sample slice (masks may overlap), 3D on the sample volume (disjoint concepts)
 SLICE_PROMPTS = ("brain", "lateral ventricle", "frontal lobe")
+# The bundled model was trained with transformers' text-only forward (before Meta's semantics
+# became the default) and cannot be retrained here; it is trained, evaluated and exported with
+# the same semantics so that the shipped graphs reproduce the model as trained.
+PROMPT_SEMANTICS = "transformers"
 VOLUME_PROMPTS = ("lateral ventricle", "frontal lobe", "temporal lobe")
 
 
@@ -101,7 +105,7 @@ def train_config_dict(work: Path, *, steps: int = STEPS, smoke: bool = False) ->
     lr = 3.0e-4
     return {
         "output_dir": str(work / "run"),
-        "model": {"random": {"preset": PRESET, "seed": 0, "init_std": 0.05}},
+        "model": {"random": {"preset": PRESET, "seed": 0, "init_std": 0.05}, "prompt_semantics": PROMPT_SEMANTICS},
         "data": {
             "datasets": [
                 {
@@ -292,7 +296,8 @@ def stage_export(work: Path, *, threads: int) -> Path:
 
     _set_threads(threads)
     out = work / "export"
-    export_model(work / "run" / "best", out, options=ExportOptions(overwrite=True), progress=_say)
+    options = ExportOptions(overwrite=True, prompt_semantics=PROMPT_SEMANTICS)
+    export_model(work / "run" / "best", out, options=options, progress=_say)
     return out
 
 
@@ -440,9 +445,9 @@ def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None) -
         best = load_checkpoint(work / "run" / "best")
         untrained = load_model(cfg.model)  # the initialisation the run started from
     tokenizer, _ = checkpoint_tokenizer(None)
-    trained_pt = TorchPredictor(best.detector.eval(), tokenizer)
+    trained_pt = TorchPredictor(best.detector.eval(), tokenizer, prompt_semantics=PROMPT_SEMANTICS)
     exported = RuntimePredictor(work / "export", "ort-cpu", name="exported")
-    before = TorchPredictor(untrained.detector.eval(), tokenizer)
+    before = TorchPredictor(untrained.detector.eval(), tokenizer, prompt_semantics=PROMPT_SEMANTICS)
     before.name = "untrained"
 
     sources, refs, val = heldout_sources(work)

@@ -1,0 +1,241 @@
+"""The exported model vs Meta's own SAM3 code (`sam3` 0.1.4 from PyPI) on a `sam3.pt` written by Meta.
+
+One session-scoped model: Meta's `build_sam3_video_model` at Meta's 1008-px geometry (DETR 6+6,
+200 queries, full tracker; only the ViT and text encoder narrowed, tests/meta_reference.py),
+saved as its state dict (the `sam3.pt` layout) and exported unedited with `medsam3-rt export`.
+The 2D reference is Meta's `build_sam3_image_model` loading that same file and Meta's
+`Sam3Processor` (its own resize/normalise, grounding forward and post-processing) with the
+confidence threshold at 0, so the top-scoring query is compared with `segment`'s top-1 mask.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli, phantom
+from meta_reference import BPE, build_meta_video_model, cpu_only, meta_available, write_geometry
+
+REASON = meta_available()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def meta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Meta's random video model, its sam3.pt (flat, as released) and the geometry config."""
+    t0 = time.perf_counter()
+    model = build_meta_video_model(seed=0)
+    TIMINGS["meta build"] = time.perf_counter() - t0
+    root = tmp_path_factory.mktemp("meta")
+    state = model.state_dict()
+    torch.save(state, root / "sam3.pt")
+    return {"model": model, "path": root / "sam3.pt", "config": write_geometry(root / "config.json"), "root": root, "state": state}
+
+
+@pytest.fixture(scope="session")
+def meta_export(meta_checkpoint: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("meta-export") / "export"
+    t0 = time.perf_counter()
+    proc = cli("export", str(meta_checkpoint["path"]), "--config", str(meta_checkpoint["config"]), "--output", str(out), timeout=1800)
+    TIMINGS["export (CLI)"] = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta_checkpoint["export_log"] = proc.stderr + proc.stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def meta_image_model(meta_checkpoint: dict):
+    """Meta's image model (as `build_sam3_image_model` builds it) with the sam3.pt weights."""
+    import sam3.model_builder as mb
+    from meta_reference import _narrow_builders
+
+    replaced = {name: getattr(mb, name) for name in ("_create_vit_backbone", "_create_text_encoder")}
+    try:
+        for name, fn in _narrow_builders(mb).items():
+            setattr(mb, name, fn)
+        with cpu_only():
+            model = mb.build_sam3_image_model(bpe_path=str(BPE), device="cpu", load_from_HF=False, checkpoint_path=None)
+    finally:
+        for name, fn in replaced.items():
+            setattr(mb, name, fn)
+    # Meta's image loader (model_builder._load_checkpoint) strips `detector.` and loads with
+    # strict=False; here the same, then every parameter of the image model must have come from the file.
+    det = {k[len("detector.") :]: v for k, v in meta_checkpoint["state"].items() if k.startswith("detector.")}
+    missing, _ = model.load_state_dict(det, strict=False)
+    assert not missing, missing[:5]
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def meta_processor(meta_image_model):
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    with cpu_only():
+        return Sam3Processor(meta_image_model, resolution=1008, device="cpu", confidence_threshold=0.0)
+
+
+def meta_top1(processor, image: np.ndarray, prompts: list[str]) -> list[dict]:
+    """Meta's `Sam3Processor` result per prompt (one `set_image`, then `set_text_prompt` per
+    prompt, as Meta's notebooks do), reduced to the top-scoring query."""
+    from PIL import Image
+
+    results = []
+    with cpu_only(), torch.inference_mode():
+        state = processor.set_image(Image.fromarray(image))
+        for prompt in prompts:
+            state = processor.set_text_prompt(prompt, state)
+            best = int(torch.argmax(state["scores"]))
+            results.append(
+                {"mask": state["masks"][best, 0].numpy(), "score": float(state["scores"][best]), "box": state["boxes"][best].numpy()}
+            )
+    return results
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def test_meta_checkpoint_exports_unedited(meta_checkpoint: dict, meta_export: Path) -> None:
+    from medsam3_rt.manifest import load_manifest
+
+    m = load_manifest(meta_export)
+    src = m.model["source"]
+    assert src["format"] == "sam3.pt" and src["class"] == "Sam3VideoModel" and m.has_tracker
+    un = src["unexported_parameters"]
+    names = [t["name"] for t in un["tensors"]]
+    assert names == sorted(
+        f"detector.geometry_encoder.points_{p}_project.{w}" for p in ("direct", "pool", "pos_enc") for w in ("weight", "bias")
+    )
+    assert un["total"] == sum(meta_checkpoint["state"][n].numel() for n in names)
+    assert "not exported" in meta_checkpoint["export_log"] and "points_pool_project" in meta_checkpoint["export_log"]
+    assert m.model["prompt_semantics"] == "meta"
+    print(f"\n[meta] timings: {json.dumps({k: round(v, 1) for k, v in TIMINGS.items()})}")
+
+
+def test_trainer_layout_and_image_only_checkpoint_load(meta_checkpoint: dict, tmp_path: Path) -> None:
+    """`{"model": ...}` (Meta's trainer) and a detector-only image state dict load; extra keys are errors."""
+    from medsam3_export import load_checkpoint
+
+    from medsam3_rt.errors import CheckpointError
+
+    state = meta_checkpoint["state"]
+    cfg = str(meta_checkpoint["config"])
+    torch.save({"model": state, "epoch": 3}, tmp_path / "trainer.pt")
+    wrapped = load_checkpoint(tmp_path / "trainer.pt", config=cfg)
+    assert wrapped.has_tracker and len(wrapped.source["unexported_parameters"]["tensors"]) == 6
+    image_only = {k[len("detector.") :]: v for k, v in state.items() if k.startswith("detector.")}
+    torch.save(image_only, tmp_path / "image.pt")
+    image = load_checkpoint(tmp_path / "image.pt", config=cfg)
+    assert not image.has_tracker
+    torch.testing.assert_close(
+        image.detector.geometry_encoder.cls_embed.weight, state["detector.geometry_encoder.cls_embed.weight"], rtol=0, atol=0
+    )
+    torch.save({**state, "detector.geometry_encoder.extra_thing.weight": torch.zeros(3)}, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match="extra_thing"):
+        load_checkpoint(tmp_path / "extra.pt", config=cfg)
+    torch.save({**state, "optimizer_step": torch.zeros(1)}, tmp_path / "outside.pt")
+    with pytest.raises(CheckpointError, match="optimizer_step"):
+        load_checkpoint(tmp_path / "outside.pt", config=cfg)
+    bad = dict(state)
+    bad["tracker.sam_mask_decoder.transformer.layers.0.mlp.lin1.weight"] = torch.zeros(3, 3)
+    torch.save(bad, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"mlp\.proj_in\.weight"):
+        load_checkpoint(tmp_path / "shape.pt", config=cfg)
+
+
+IMAGES = {
+    "rgb-wide": phantom(300, 420, seed=11),
+    "gray-tall": np.repeat(phantom(380, 260, channels=1, seed=12)[..., None], 3, axis=-1),
+    "small": phantom(150, 150, seed=13),
+}
+PROMPT_SETS = [["polyp"], ["liver", "left kidney, upper pole"], ["tumour", "vessel", "optic disc"]]
+
+
+@pytest.fixture(scope="session")
+def meta_segmenter(meta_export: Path):
+    import medsam3_rt
+
+    seg = medsam3_rt.load(meta_export, "ort-cpu")
+    yield seg
+    seg.close()
+
+
+@pytest.mark.parametrize("case", list(IMAGES))
+def test_segment_matches_metas_processor(meta_segmenter, meta_processor, case: str) -> None:
+    image = IMAGES[case]
+    prompts = PROMPT_SETS[list(IMAGES).index(case)]
+    res = meta_segmenter.segment(image, prompts)
+    for p, (prompt, ref) in enumerate(zip(prompts, meta_top1(meta_processor, image, prompts))):
+        assert ref["mask"].sum() > 100, "the reference mask is (nearly) empty; the comparison would be vacuous"
+        got_iou = iou(res.masks[p], ref["mask"])
+        print(
+            f"\n[meta 2D] {case} '{prompt}': IoU {got_iou:.5f}, score {res.scores[p]:.6f} vs {ref['score']:.6f} "
+            f"(|d| {abs(float(res.scores[p]) - ref['score']):.1e}), box {np.round(ref['box'], 1).tolist()} max|d| "
+            f"{np.abs(res.boxes[p] - ref['box']).max():.4f} px, mask px {int(ref['mask'].sum())} of {ref['mask'].size}"
+        )
+        assert got_iou >= 0.999, (case, prompt, got_iou)
+        assert abs(float(res.scores[p]) - ref["score"]) <= 1e-4
+        np.testing.assert_allclose(res.boxes[p], ref["box"], atol=0.5)
+
+
+def test_graphs_on_metas_pixel_tensor(meta_export: Path, meta_image_model, meta_processor) -> None:
+    """Backbone + text + detector graphs on the pixels Meta's processor makes vs Meta's grounding outputs."""
+    from medsam3_export import parity
+    from PIL import Image
+    from sam3.model import box_ops
+    from torchvision.transforms import v2
+
+    from medsam3_rt import graph_contract as gc
+    from medsam3_rt.backends.ort import OrtCpuBackend
+    from medsam3_rt.manifest import load_manifest
+    from medsam3_rt.tokenizer import ClipTokenizer
+
+    image, prompts = IMAGES["rgb-wide"], ["liver", "left kidney, upper pole"]
+    model = meta_image_model
+    with cpu_only(), torch.inference_mode():
+        pixels = meta_processor.transform(v2.functional.to_image(Image.fromarray(image))).unsqueeze(0)
+        backbone_out = model.backbone.forward_image(pixels)
+        refs = []
+        for prompt in prompts:
+            backbone_out.update(model.backbone.forward_text([prompt], device="cpu"))
+            out = model.forward_grounding(
+                backbone_out=backbone_out,
+                find_input=meta_processor.find_stage,
+                geometric_prompt=model._get_dummy_prompt(),
+                find_target=None,
+            )
+            refs.append(out)
+    ref = {
+        gc.PRED_LOGITS: np.concatenate([o["pred_logits"][..., 0].numpy() for o in refs]),
+        gc.PRED_BOXES: np.concatenate([box_ops.box_cxcywh_to_xyxy(o["pred_boxes"]).numpy() for o in refs]),
+        gc.PRESENCE_LOGITS: np.concatenate([o["presence_logit_dec"].reshape(1, 1).numpy() for o in refs]),
+        gc.PRED_MASKS: np.concatenate([o["pred_masks"].numpy() for o in refs]),
+    }
+    m = load_manifest(meta_export)
+    backend = OrtCpuBackend()
+
+    def run(name: str, feeds: dict) -> dict:
+        runner = backend.open(m.graph(name), meta_export)
+        try:
+            return runner.run(feeds)
+        finally:
+            runner.close()
+
+    ids, attn = ClipTokenizer(meta_export / m.tokenizer.file, m.tokenizer).encode(prompts)
+    feats = run(gc.IMAGE_BACKBONE, {gc.PIXEL_VALUES: pixels.numpy()})
+    text = run(gc.TEXT_ENCODER, {gc.INPUT_IDS: ids, gc.ATTENTION_MASK: attn})
+    det = run(
+        gc.DETECTOR,
+        {**{k: feats[k] for k in gc.DET_FPN}, gc.TEXT_FEATURES: text[gc.TEXT_FEATURES], gc.TEXT_MASK: attn.astype(bool)},
+    )
+    results = parity.compare("detector vs Meta", ref, {k: det[k] for k in ref}, parity.Tolerance())
+    for r in results:
+        print(f"\n[meta graphs] {r.describe()}")
+    parity.check(results)
