@@ -56,6 +56,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     tolerance: parity.Tolerance = field(default_factory=parity.Tolerance)
     overwrite: bool = False
+    adapter: str | Path | None = None  # a PEFT LoRA adapter folder merged into the weights (adapters.py)
 
 
 def model_dims(ckpt: LoadedCheckpoint) -> gc.ModelDims:
@@ -225,6 +226,10 @@ def export_model(
         say(f"loading checkpoint {source}")
         ckpt = load_checkpoint(source, config=config)
         source_dir = Path(source) if Path(source).is_dir() else None
+    if opts.adapter is not None:
+        from .adapters import merge_adapter
+
+        merge_adapter(ckpt, opts.adapter, say)
     dims = model_dims(ckpt)
     specs = gc.expected_specs(dims)
     det = ckpt.detector
@@ -232,7 +237,7 @@ def export_model(
     model = ckpt.video or det
     with atomic_directory(out, overwrite=opts.overwrite) as stage:
         tokenizer, tokenizer_source = checkpoint_tokenizer(source_dir)
-        tok_info = write_tokenizer(tokenizer, stage, int(det.config.text_config.vocab_size))
+        tok_info = write_tokenizer(tokenizer, stage, int(det.config.text_config.vocab_size), dims.text_context)
         ids, attn = ClipTokenizer(stage / tok_info.file, tok_info).encode(PARITY_PROMPTS)
         preprocess = Preprocess(image_size=dims.image_size)
         pixels = pixel_values(parity_image(dims.image_size), preprocess)
@@ -278,7 +283,7 @@ def export_model(
         manifest = Manifest(
             model={
                 "name": out.name,
-                "architecture": "sam3",
+                "architecture": det.config.model_type if det.config.model_type == "sam3_lite_text" else "sam3",
                 "source": {**ckpt.source, "tokenizer": tokenizer_source},
                 "config": model.config.to_dict(),
                 "intended_use": INTENDED_USE,

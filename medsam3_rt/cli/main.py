@@ -66,6 +66,7 @@ def export(
     opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset (>= 18 for antialiased Resize)."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
     random: bool = typer.Option(False, "--random", help="CHECKPOINT names a preset; export random weights (tests, benchmarks)."),
+    adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder to merge into the weights before export."),
 ) -> None:
     """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
     from ._plugins import export_module
@@ -78,7 +79,7 @@ def export(
             say(msg)
 
         source = exp.random_checkpoint(checkpoint) if random else checkpoint
-        exp.export_model(source, output, config=config, options=exp.ExportOptions(opset=opset, overwrite=force), progress=progress)
+        exp.export_model(source, output, config=config, options=exp.ExportOptions(opset=opset, overwrite=force, adapter=adapter), progress=progress)
 
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v", "--debug")
