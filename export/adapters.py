@@ -50,6 +50,8 @@ UNSUPPORTED_VARIANTS = {
     "megatron_config": "Megatron-parallel LoRA",
 }
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
+# top-level module names of Meta's `sam3` package model (not transformers' Sam3Model)
+META_PREFIXES = ("backbone.", "transformer.", "segmentation_head.", "dot_prod_scoring.", "input_geometry_encoder.")
 VIDEO_PREFIXES = ("detector_model.", "tracker_model.")
 
 
@@ -80,6 +82,7 @@ def _peft():
 
 def read_adapter(path: str | Path) -> Adapter:
     """Read `adapter_config.json` and the adapter weights; refuse what cannot be merged."""
+    _peft()  # before anything is loaded: merging needs it
     root = Path(path)
     what = f"adapter '{root}'"
     if not root.exists():
@@ -143,7 +146,8 @@ def _check_base(adapter: Adapter, root: torch.nn.Module) -> None:
     declared = (adapter.config.get("auto_mapping") or {}).get("base_model_class")
     if declared and declared != type(root).__name__:
         raise CheckpointError(
-            f"adapter '{adapter.path}' was trained on a {declared} (auto_mapping in {ADAPTER_CONFIG}); the base checkpoint is a {type(root).__name__}"
+            f"adapter '{adapter.path}' was trained on a {declared} (auto_mapping in {ADAPTER_CONFIG}); "
+            f"the base checkpoint is a {type(root).__name__}"
         )
 
 
@@ -153,7 +157,8 @@ def _adapter_root(adapter: Adapter, ckpt: LoadedCheckpoint) -> torch.nn.Module:
     if any(k.startswith(VIDEO_PREFIXES) for k in keys):
         if ckpt.video is None:
             raise CheckpointError(
-                f"adapter '{adapter.path}' adapts a SAM3 video model (detector_model.* / tracker_model.* weights); the base is an image model"
+                f"adapter '{adapter.path}' adapts a SAM3 video model (detector_model.* / tracker_model.* weights); "
+                "the base is an image model"
             )
         return ckpt.video
     return ckpt.detector
@@ -185,35 +190,44 @@ def _diff(expected: dict[str, torch.Tensor], adapter: Adapter) -> None:
         )
 
 
-def merge_adapter(ckpt: LoadedCheckpoint, path: str | Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Merge the LoRA adapter at `path` into `ckpt`'s weights, in place.
+def merge_adapter(ckpt: LoadedCheckpoint, path: str | Path | Adapter, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Merge the LoRA adapter at `path` (or one `read_adapter` returned) into `ckpt`'s weights, in place.
 
     Returns the manifest record of the adapter, also stored as `ckpt.source["adapter"]`.
     """
     say = progress or log.info
     peft = _peft()
-    adapter = read_adapter(path)
+    adapter = path if isinstance(path, Adapter) else read_adapter(path)
     root = _adapter_root(adapter, ckpt)
     _check_base(adapter, root)
     say(f"merging LoRA adapter {adapter.path.name}")
     try:
         config = peft.LoraConfig.from_pretrained(str(adapter.path))
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{adapter.path / ADAPTER_CONFIG} is not a LoRA config this PEFT {peft.__version__} reads: {first_line(e)}") from None
+        raise CheckpointError(
+            f"{adapter.path / ADAPTER_CONFIG} is not a LoRA config this PEFT {peft.__version__} reads: {first_line(e)}"
+        ) from None
     config.inference_mode = True
     config.init_lora_weights = False  # the file's weights replace them; skip the init math
     names = {n for n, _ in root.named_modules()}
     declared = [k.split(".lora_")[0] for k in adapter.module_keys if ".lora_" in k]
     absent = sorted({m for m in declared if m not in names})
     if absent:
+        meta = any(m.startswith(META_PREFIXES) for m in absent)
         raise CheckpointError(
             f"adapter '{adapter.path}' targets {len(absent)} module(s) the base checkpoint does not have "
-            f"(e.g. {', '.join(absent[:3])}); it was made for another model or geometry"
+            f"(e.g. {', '.join(absent[:3])}); "
+            + (
+                "these are Meta's sam3 module names: medsam3-rt merges adapters made on transformers' Sam3Model"
+                if meta
+                else "it was made for another model or geometry"
+            )
         )
     was_training = root.training
     try:
         with warnings.catch_warnings():  # transformers' deprecation notices as PEFT probes the model
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)  # "base_model_name_or_path was renamed": expected, the base is local
             model = peft.get_peft_model(root, config)
     except (ValueError, TypeError, RuntimeError) as e:  # e.g. "Target modules {...} not found in the base model"
         raise CheckpointError(f"adapter '{adapter.path}' does not fit the base checkpoint: {first_line(e, 240)}") from None

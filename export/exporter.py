@@ -220,6 +220,10 @@ def export_model(
     out = Path(output_dir)
     if out.exists() and not opts.overwrite:
         raise OutputExistsError(f"output '{out}' already exists; choose another folder or pass --force to replace it")
+    if opts.adapter is not None:  # its files are checked before a large base checkpoint is loaded
+        from .adapters import merge_adapter, read_adapter
+
+        adapter = read_adapter(opts.adapter)
     if isinstance(source, LoadedCheckpoint):
         ckpt, source_dir = source, None
     else:
@@ -227,9 +231,7 @@ def export_model(
         ckpt = load_checkpoint(source, config=config)
         source_dir = Path(source) if Path(source).is_dir() else None
     if opts.adapter is not None:
-        from .adapters import merge_adapter
-
-        merge_adapter(ckpt, opts.adapter, say)
+        merge_adapter(ckpt, adapter, say)
     dims = model_dims(ckpt)
     specs = gc.expected_specs(dims)
     det = ckpt.detector

@@ -79,7 +79,8 @@ def export(
             say(msg)
 
         source = exp.random_checkpoint(checkpoint) if random else checkpoint
-        exp.export_model(source, output, config=config, options=exp.ExportOptions(opset=opset, overwrite=force, adapter=adapter), progress=progress)
+        options = exp.ExportOptions(opset=opset, overwrite=force, adapter=adapter)
+        exp.export_model(source, output, config=config, options=options, progress=progress)
 
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v", "--debug")
