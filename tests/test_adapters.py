@@ -134,15 +134,29 @@ def test_export_records_the_adapter(lora_export: Path, lora_dir: Path) -> None:
     assert len(rec["sha256"]) == 64 and manifest["parity"]["passed"]
 
 
+def test_torch_backend_refuses_an_adapted_export(lora_export: Path, tiny_hf_dir: Path) -> None:
+    import medsam3_rt
+    from medsam3_rt.backends.base import BackendOptions
+    from medsam3_rt.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="LoRA adapter 'medsam3-lora' merged"):
+        medsam3_rt.load(lora_export, "torch", options=BackendOptions(checkpoint=tiny_hf_dir))
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tiny_hf_dir: Path, lora_dir: Path):
+    return peft_reference(tiny_hf_dir, lora_dir)
+
+
 @pytest.mark.parametrize("case", ["rgb", "gray", "ct-float"])
-def test_adapted_export_segments_like_the_peft_model(lora_export: Path, tiny_hf_dir: Path, lora_dir: Path, case: str) -> None:
+def test_adapted_export_segments_like_the_peft_model(lora_export: Path, lora_reference, case: str) -> None:
     from medsam3_export.tokenizer_files import bundled_clip_tokenizer
     from test_segment_parity import CASES, iou, reference_segment
 
     import medsam3_rt
 
     image, prompts = CASES[case], ["liver", "left kidney, upper pole"]
-    ref = peft_reference(tiny_hf_dir, lora_dir)
+    ref = lora_reference
     with medsam3_rt.load(lora_export, "ort-cpu") as seg:
         res = seg.segment(image, prompts)
     masks, scores, boxes = reference_segment(ref, bundled_clip_tokenizer(), image, prompts)

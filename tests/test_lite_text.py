@@ -144,6 +144,19 @@ def test_segment_matches_transformers_lite_text(lite_segmenter, lite_reference, 
     np.testing.assert_allclose(res.boxes, boxes, atol=0.05 * max(image.shape[:2]) / 100)
 
 
+def test_torch_backend_runs_the_lite_text_checkpoint(lite_export: Path, lite_hf_dir: Path, lite_segmenter) -> None:
+    import medsam3_rt
+    from medsam3_rt.backends.base import BackendOptions
+
+    image, prompts = CASES["gray"], ["liver", "left kidney, upper pole"]
+    want = lite_segmenter.segment(image, prompts)
+    with medsam3_rt.load(lite_export, "torch", options=BackendOptions(checkpoint=lite_hf_dir)) as seg:
+        got = seg.segment(image, prompts)
+    for p in range(len(prompts)):
+        assert iou(got.masks[p], want.masks[p]) >= 0.999
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+
+
 def test_prompt_longer_than_16_tokens_is_a_user_error(lite_export: Path, tmp_path: Path) -> None:
     import cv2
 
