@@ -186,7 +186,8 @@ def _diff(expected: dict[str, torch.Tensor], adapter: Adapter) -> None:
         k = wrong[0]
         raise CheckpointError(
             f"adapter '{adapter.path}' has {len(wrong)} tensor(s) of another shape than the base needs "
-            f"(e.g. {strip(k)}: {list(got[k].shape)} vs {list(expected[k].shape)}); it was made for another geometry"
+            f"(e.g. {strip(k)}: {list(got[k].shape)} vs {list(expected[k].shape)}); "
+            f"it was made for another geometry, or its rank in {ADAPTER_CONFIG} is not its weights' rank"
         )
 
 

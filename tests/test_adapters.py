@@ -118,6 +118,27 @@ def test_sam3_pt_base_merges_like_the_hf_base(tiny_hf_dir: Path, tiny_reference,
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_video_model_adapter_merges_like_peft(tmp_path: Path) -> None:
+    """An adapter made on a Sam3VideoModel (detector_model.* and tracker_model.* modules) on a video base."""
+    from medsam3_export import random_checkpoint
+    from medsam3_export.adapters import merge_adapter
+
+    ours = random_checkpoint("tiny", video=True, seed=2)
+    theirs = random_checkpoint("tiny", video=True, seed=2).video
+    torch.manual_seed(0)
+    cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(theirs, cfg)
+    model.save_pretrained(tmp_path / "video-lora", save_embedding_layers=False)
+    want = model.merge_and_unload().state_dict()
+    record = merge_adapter(ours, tmp_path / "video-lora")
+    got = ours.video.state_dict()
+    assert set(got) == set(want)
+    assert any(k.startswith("tracker_model.") and "q_proj" in k for k in got)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
+    assert record["lora_modules"] == sum(1 for k in want if k.endswith(("q_proj.weight", "v_proj.weight")))
+
+
 @pytest.fixture(scope="module")
 def lora_export(tiny_hf_dir: Path, lora_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lora-export") / "tiny-medsam3-lora"
@@ -234,7 +255,7 @@ ERRORS: dict[str, tuple[Callable[[Path], None], str]] = {
     "module-missing": (_edit_weights(_rename("backbone.layers.1.", "backbone.layers.7.")), "module(s) the base checkpoint does not have"),
     "meta-module-names": (
         lambda d: (_edit_config(target_modules=["qkv"])(d), _edit_weights(_meta_names)(d)),
-        "trunk.blocks.0.attn.qkv",
+        "these are Meta's sam3 module names",
     ),
     "target-not-in-base": (_edit_config(target_modules=["qkv_proj"]), "does not fit the base checkpoint"),
     "tensor-missing": (_edit_weights(_drop_one_b), "has no weights for 1 base module(s)"),
