@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import cli
+from test_lite_text import transformers_semantics
 
 peft = pytest.importorskip("peft", reason="the 'adapters' extra (peft) is not installed")
 
@@ -142,7 +143,7 @@ def test_video_model_adapter_merges_like_peft(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def lora_export(tiny_hf_dir: Path, lora_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lora-export") / "tiny-medsam3-lora"
-    cli("export", str(tiny_hf_dir), "--adapter", str(lora_dir), "--output", str(out), "--quiet", check=True)
+    cli("export", str(tiny_hf_dir), "--adapter", str(lora_dir), "--output", str(out), "--quiet", *transformers_semantics(), check=True)
     return out
 
 

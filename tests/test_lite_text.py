@@ -21,6 +21,14 @@ from test_segment_parity import CASES, iou, reference_segment
 LITE_CONTEXT = 16
 
 
+def transformers_semantics() -> list[str]:
+    """The reference here is transformers' forward: export its text-only prompt semantics where the
+    exporter offers a choice (Meta's empty-geometry CLS token is the default there)."""
+    from medsam3_export import ExportOptions
+
+    return ["--prompt-semantics", "transformers"] if "prompt_semantics" in ExportOptions.__dataclass_fields__ else []
+
+
 def _randomise_text_stats(model: torch.nn.Module, seed: int = 0) -> None:
     """Make the MobileCLIP blocks matter in a random model.
 
@@ -57,7 +65,7 @@ def lite_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def lite_export(lite_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lite-export") / "tiny-litetext-export"
-    cli("export", str(lite_hf_dir), "--output", str(out), "--quiet", check=True)
+    cli("export", str(lite_hf_dir), "--output", str(out), "--quiet", *transformers_semantics(), check=True)
     return out
 
 
