@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import Sam3Config, Sam3Model, Sam3VideoConfig, Sam3VideoModel
 
 from medsam3_rt.errors import CheckpointError, first_line
@@ -25,7 +26,7 @@ from .sam3_layout import detector_to_hf, tracker_to_hf
 
 log = logging.getLogger(__name__)
 
-HF_MODEL_TYPES = {"sam3": "Sam3Model", "sam3_video": "Sam3VideoModel"}
+HF_MODEL_TYPES = {"sam3": "Sam3Model", "sam3_video": "Sam3VideoModel", "sam3_lite_text": "Sam3LiteTextModel"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -109,6 +110,7 @@ def random_checkpoint(
     pr = get_preset(preset)
     if overrides is not None:
         pr = dataclasses.replace(pr, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    video = video and pr.has_video  # SAM3-LiteText presets are image models
     cfg = pr.video_config() if video else pr.detector_config()
     if init_std is not None:
         _set_init_std(cfg, init_std)
@@ -119,8 +121,8 @@ def random_checkpoint(
     if video:
         vm = Sam3VideoModel(cfg).eval()
         return LoadedCheckpoint(vm.detector_model, vm, {**source, "class": "Sam3VideoModel"})
-    det = Sam3Model(cfg).eval()
-    return LoadedCheckpoint(det, None, {**source, "class": "Sam3Model"})
+    det = getattr(transformers, HF_MODEL_TYPES[cfg.model_type])(cfg).eval()
+    return LoadedCheckpoint(det, None, {**source, "class": type(det).__name__})
 
 
 def _dir_digest(root: Path, names: list[Path]) -> str:
@@ -145,7 +147,7 @@ def _load_hf_dir(root: Path) -> LoadedCheckpoint:
     weights = [f for f in root.iterdir() if f.suffix in WEIGHT_SUFFIXES]
     if not weights:
         raise CheckpointError(f"'{root}' has a config.json but no *.safetensors / *.bin weights")
-    cls = Sam3VideoModel if model_type == "sam3_video" else Sam3Model
+    cls = getattr(transformers, HF_MODEL_TYPES[model_type])
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress; no tqdm bars on stderr

@@ -33,6 +33,7 @@ def export(
         help="Detector text-only prompt: meta (Meta's sam3: + geometry-encoder CLS token) or transformers "
         "(text tokens only). Default: what the checkpoint was trained with if it records it, else meta.",
     ),
+    adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder to merge into the weights before export."),
 ) -> None:
     """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
     exp = import_optional("medsam3_export.exporter", "export", "`medsam3-rt export`")
@@ -44,7 +45,7 @@ def export(
             say(msg)
 
         source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
-        options = exp.ExportOptions(opset=opset, overwrite=force, prompt_semantics=prompt_semantics)
+        options = exp.ExportOptions(opset=opset, overwrite=force, prompt_semantics=prompt_semantics, adapter=adapter)
         exp.export_model(source, output, config=config, options=options, progress=progress)
 
 

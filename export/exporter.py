@@ -62,6 +62,7 @@ class ExportOptions:
     tolerance: parity.Tolerance = field(default_factory=parity.Tolerance)
     overwrite: bool = False
     prompt_semantics: str | None = None
+    adapter: str | Path | None = None  # a PEFT LoRA adapter folder merged into the weights (adapters.py)
 
 
 def resolve_prompt_semantics(requested: str | None, ckpt: LoadedCheckpoint) -> tuple[str, str]:
@@ -245,12 +246,18 @@ def export_model(
     out = Path(output_dir)
     if out.exists() and not opts.overwrite:
         raise OutputExistsError(f"output '{out}' already exists; choose another folder or pass --force to replace it")
+    if opts.adapter is not None:  # its files are checked before a large base checkpoint is loaded
+        from .adapters import merge_adapter, read_adapter
+
+        adapter = read_adapter(opts.adapter)
     if isinstance(source, LoadedCheckpoint):
         ckpt, source_dir = source, None
     else:
         say(f"loading checkpoint {source}")
         ckpt = load_checkpoint(source, config=config)
         source_dir = Path(source) if Path(source).is_dir() else None
+    if opts.adapter is not None:
+        merge_adapter(ckpt, adapter, say)
     dims = model_dims(ckpt)
     semantics, semantics_from = resolve_prompt_semantics(opts.prompt_semantics, ckpt)
     say(f"detector prompt semantics: {semantics} ({semantics_from})")
@@ -263,7 +270,7 @@ def export_model(
     model = ckpt.video or det
     with atomic_directory(out, overwrite=opts.overwrite) as stage:
         tokenizer, tokenizer_source = checkpoint_tokenizer(source_dir)
-        tok_info = write_tokenizer(tokenizer, stage, int(det.config.text_config.vocab_size))
+        tok_info = write_tokenizer(tokenizer, stage, int(det.config.text_config.vocab_size), dims.text_context)
         ids, attn = ClipTokenizer(stage / tok_info.file, tok_info).encode(PARITY_PROMPTS)
         preprocess = Preprocess(image_size=dims.image_size)
         pixels = pixel_values(parity_image(dims.image_size), preprocess)
@@ -312,7 +319,7 @@ def export_model(
         manifest = Manifest(
             model={
                 "name": out.name,
-                "architecture": "sam3",
+                "architecture": det.config.model_type if det.config.model_type == "sam3_lite_text" else "sam3",
                 "source": {**ckpt.source, "tokenizer": tokenizer_source},
                 "prompt_semantics": semantics,
                 "prompt_semantics_detail": {

@@ -6,6 +6,8 @@ into two memory tokens in the tracker; transformers' tracker hard-codes 64-wide 
 `small` is a mid-size config that runs in about a second per frame on a 2-core CPU.
 `full` is the real SAM3 geometry (1008 px, ~860 M parameters with the tracker).
 `demo` is the bundled demo model's geometry (`training/recipes/demo_brain.py`).
+`tiny-litetext` is `tiny` with SAM3-LiteText's MobileCLIP text encoder (RepMixer blocks around
+a transformer layer, 16-token context); LiteText is an image model, so it has no tracker.
 Weights are random unless a checkpoint is given; the presets only fix the shapes.
 """
 
@@ -40,6 +42,14 @@ class Preset:
     memory_attention_layers: int
     memory_dim: int
     tracker_mlp: int
+    # "clip": SAM3's CLIP text encoder; "mobileclip": SAM3-LiteText's (transformers `sam3_lite_text`)
+    text_model: str = "clip"
+    text_context: int = 32
+
+    @property
+    def has_video(self) -> bool:
+        """transformers has a video model (detector + tracker) for SAM3 only, not for SAM3-LiteText."""
+        return self.text_model == "clip"
 
     def detector_config_dict(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.Sam3Config`."""
@@ -61,17 +71,7 @@ class Preset:
                 "fpn_hidden_size": self.fpn_hidden,
                 "backbone_feature_sizes": [[4 * s, 4 * s], [2 * s, 2 * s], [s, s]],
             },
-            "text_config": {
-                "model_type": "clip_text_model",
-                "vocab_size": 49408,
-                "hidden_size": self.text_hidden,
-                "intermediate_size": self.text_mlp,
-                "projection_dim": min(512, self.text_hidden),
-                "num_hidden_layers": self.text_layers,
-                "num_attention_heads": self.text_heads,
-                "max_position_embeddings": 32,
-                "hidden_act": "gelu",
-            },
+            "text_config": self._text_config_dict(),
             "geometry_encoder_config": {
                 "hidden_size": self.fpn_hidden,
                 "num_layers": self.geometry_layers,
@@ -97,6 +97,21 @@ class Preset:
             },
         }
 
+    def _text_config_dict(self) -> dict[str, Any]:
+        text = {
+            "vocab_size": 49408,
+            "hidden_size": self.text_hidden,
+            "intermediate_size": self.text_mlp,
+            "projection_dim": min(512, self.text_hidden),
+            "num_hidden_layers": self.text_layers,
+            "num_attention_heads": self.text_heads,
+            "max_position_embeddings": self.text_context,
+            "hidden_act": "gelu",
+        }
+        if self.text_model == "mobileclip":
+            return {**text, "model_type": "sam3_lite_text_text_model", "use_repmixer_blocks": True}
+        return {**text, "model_type": "clip_text_model"}
+
     def tracker_config_dict(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.Sam3TrackerVideoConfig` (tracker inside Sam3VideoModel)."""
         s = self.image_size // 14
@@ -121,13 +136,22 @@ class Preset:
             "memory_fuser_intermediate_dim": 4 * self.fpn_hidden,
         }
 
-    def detector_config(self):  # -> transformers.Sam3Config
+    def detector_config(self):  # -> transformers.Sam3Config or Sam3LiteTextConfig
+        if self.text_model == "mobileclip":
+            from transformers import Sam3LiteTextConfig
+
+            return Sam3LiteTextConfig(**self.detector_config_dict())
         from transformers import Sam3Config
 
         return Sam3Config(**self.detector_config_dict())
 
     def video_config(self):  # -> transformers.Sam3VideoConfig
         from transformers import Sam3VideoConfig
+
+        if not self.has_video:
+            from medsam3_rt.errors import UsageError
+
+            raise UsageError(f"preset '{self.name}' is a SAM3-LiteText image model; transformers has no video (tracker) model for it")
 
         return Sam3VideoConfig(
             detector_config={"model_type": "sam3", **self.detector_config_dict()},
@@ -240,6 +264,36 @@ PRESETS: dict[str, Preset] = {
             memory_attention_layers=4,
             memory_dim=64,
             tracker_mlp=2048,
+        ),
+        Preset(
+            name="tiny-litetext",
+            description=(
+                "CI-sized random SAM3-LiteText: the tiny geometry with a MobileCLIP text encoder "
+                "(RepMixer, transformer, RepMixer; 16-token context); image model, no tracker"
+            ),
+            image_size=224,
+            vit_hidden=64,
+            vit_layers=2,
+            vit_heads=2,
+            vit_mlp=128,
+            window_size=8,
+            global_attn_indexes=(1,),
+            pretrain_image_size=112,
+            fpn_hidden=128,
+            text_hidden=32,
+            text_layers=3,
+            text_heads=2,
+            text_mlp=64,
+            detr_layers=2,
+            detr_heads=2,
+            detr_ffn=128,
+            num_queries=20,
+            geometry_layers=1,
+            memory_attention_layers=2,
+            memory_dim=64,
+            tracker_mlp=128,
+            text_model="mobileclip",
+            text_context=16,
         ),
     )
 }

@@ -1,6 +1,7 @@
 """The CLIP tokenizer files an export directory ships (`tokenizer/tokenizer.json`).
 
-SAM3 uses OpenAI CLIP's byte-pair encoding (49,408 tokens, 32-token context). A Hugging
+SAM3 uses OpenAI CLIP's byte-pair encoding (49,408 tokens, 32-token context; SAM3-LiteText's
+MobileCLIP text encoders read the same vocabulary with a 16-token context). A Hugging
 Face checkpoint directory usually carries it; a `sam3.pt` does not, so the vocabulary
 ships with medsam3-rt (`assets/bpe_simple_vocab_16e6.txt.gz`, MIT, see its LICENSE file)
 and is turned into transformers' `CLIPTokenizer`, the reference the runtime is tested
@@ -67,8 +68,14 @@ def checkpoint_tokenizer(checkpoint_dir: Path | None) -> tuple[PreTrainedTokeniz
     return bundled_clip_tokenizer(), "bundled CLIP BPE vocabulary (bpe_simple_vocab_16e6)"
 
 
-def write_tokenizer(tokenizer: PreTrainedTokenizerBase, export_dir: Path, vocab_size: int) -> TokenizerInfo:
-    """Serialise the tokenizer for the runtime and describe it for the manifest."""
+def write_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, export_dir: Path, vocab_size: int, context_length: int = CONTEXT_LENGTH
+) -> TokenizerInfo:
+    """Serialise the tokenizer for the runtime and describe it for the manifest.
+
+    `context_length` is the text encoder's position count (32 for SAM3, 16 for SAM3-LiteText):
+    the runtime pads every prompt to it, as the model was run in training.
+    """
     if len(tokenizer) != vocab_size:
         raise CheckpointError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder expects {vocab_size}")
     out = export_dir / TOKENIZER_FILE
@@ -79,7 +86,7 @@ def write_tokenizer(tokenizer: PreTrainedTokenizerBase, export_dir: Path, vocab_
     backend.save(str(out))
     return TokenizerInfo(
         file=TOKENIZER_FILE,
-        context_length=CONTEXT_LENGTH,
+        context_length=context_length,
         pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id),
         bos_id=int(tokenizer.bos_token_id),
         eos_id=int(tokenizer.eos_token_id),

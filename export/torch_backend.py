@@ -83,6 +83,11 @@ def checkpoint_for(manifest: Manifest, path: str | Path | None) -> LoadedCheckpo
     """The checkpoint an export was made from: `path` (verified by SHA-256) or a random preset."""
     source: Mapping[str, Any] = manifest.model.get("source") or {}
     fmt = source.get("format")
+    if source.get("adapter"):  # the base checkpoint alone would run other weights than the graphs hold
+        raise CheckpointError(
+            f"this export has the LoRA adapter '{source['adapter'].get('path', '?')}' merged into its weights; "
+            "backend 'torch' runs the base checkpoint only: use an ONNX backend (ort-cpu, ort-cuda, tensorrt, openvino)"
+        )
     if path is None:
         if fmt == "random":
             ckpt = random_checkpoint(

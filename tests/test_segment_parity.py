@@ -30,14 +30,14 @@ def clip_tokenizer():
     return bundled_clip_tokenizer()
 
 
-def reference_segment(model, tokenizer, image: np.ndarray, prompts: list[str]):
+def reference_segment(model, tokenizer, image: np.ndarray, prompts: list[str], context_length: int = 32, semantics: str = "meta"):
     rgb, is_uint8 = to_rgb(image)  # the documented intensity rule for non-uint8 inputs
     t = torch.from_numpy(np.ascontiguousarray(rgb.astype(np.uint8) if is_uint8 else rgb)).permute(2, 0, 1)[None]
     t = F.interpolate(t.contiguous(), size=(224, 224), mode="bilinear", antialias=True, align_corners=False).float()
     pixels = (t - 127.5) / 127.5
-    enc = tokenizer(prompts, padding="max_length", max_length=32, return_tensors="pt")
+    enc = tokenizer(prompts, padding="max_length", max_length=context_length, return_tensors="pt")
     with torch.no_grad():  # the export's default, Meta's text-only semantics (test_prompt_semantics.py)
-        out = detector_forward(model, enc["input_ids"], enc["attention_mask"], "meta", pixel_values=pixels.repeat(len(prompts), 1, 1, 1))
+        out = detector_forward(model, enc["input_ids"], enc["attention_mask"], semantics, pixel_values=pixels.repeat(len(prompts), 1, 1, 1))
     scores = out.pred_logits.sigmoid() * out.presence_logits.sigmoid()
     best = scores.argmax(dim=1)
     rows = torch.arange(len(prompts))
