@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from .._version import __version__
 from ..errors import Medsam3Error
-from . import bench, build, demo, info, prompts, segment, train
+from . import bench, build, demo, info, pacs, prompts, segment, train
 from ._console import STATE, err_console, say
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ app.command("eval", no_args_is_help=True)(train.eval_command)
 app.command("build", no_args_is_help=True)(build.build)
 app.command("demo")(demo.demo)
 app.command("bench", no_args_is_help=True)(bench.bench)
+app.command("pacs", no_args_is_help=True)(pacs.pacs)
 app.add_typer(prompts.app, name="prompts")
 
 

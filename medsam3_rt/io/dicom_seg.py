@@ -119,7 +119,9 @@ def build_dicom_seg(
     fractional = False
     if labels.shape == tuple(volume.shape):
         if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > len(specs):
-            raise InputError(f"label map values must be integers 0..{len(specs)} (one per segment), got {labels.dtype} up to {labels.max()}")
+            raise InputError(
+                f"label map values must be integers 0..{len(specs)} (one per segment), got {labels.dtype} up to {labels.max()}"
+            )
         frames = np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8)  # (slices, rows, cols)
     elif labels.shape == (len(specs), *volume.shape):
         stack = labels.transpose(3, 2, 1, 0)  # (slices, rows, cols, segments)

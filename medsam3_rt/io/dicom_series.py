@@ -116,7 +116,9 @@ def write_dicom_series(
             ds.InstanceNumber, ds.ContentDate, ds.ContentTime = k + 1, date, time
             ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
             ds.ImagePositionPatient = [round(float(v), 6) for v in p00]
-            ds.ImageOrientationPatient = [round(float(v), 8) for v in (*row_step / np.linalg.norm(row_step), *col_step / np.linalg.norm(col_step))]
+            ds.ImageOrientationPatient = [
+                round(float(v), 8) for v in (*row_step / np.linalg.norm(row_step), *col_step / np.linalg.norm(col_step))
+            ]
             ds.PixelSpacing = [round(float(np.linalg.norm(col_step)), 8), round(float(np.linalg.norm(row_step)), 8)]
             normal_step = np.linalg.norm((ras_to_lps @ volume.affine)[:3, volume.slice_axis])
             ds.SliceThickness = round(float(normal_step), 8)

@@ -182,7 +182,9 @@ def free_text_concept(prompt: str) -> Concept:
     key = normalise(prompt)
     value = "P" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12].upper()
     meaning = prompt.strip()[:MAX_MEANING]
-    return Concept(Coded("FREETEXT", PRIVATE_SCHEME, "Free-text prompt (not coded)"), Coded(value, PRIVATE_SCHEME, meaning), None, "free text")
+    return Concept(
+        Coded("FREETEXT", PRIVATE_SCHEME, "Free-text prompt (not coded)"), Coded(value, PRIVATE_SCHEME, meaning), None, "free text"
+    )
 
 
 def _parse_code(value: Any, where: str) -> Coded:
@@ -190,7 +192,9 @@ def _parse_code(value: Any, where: str) -> Coded:
         try:
             return _sct(value)
         except AttributeError:
-            raise UsageError(f"{where}: '{value}' is not a SNOMED CT keyword of pydicom.sr.codedict; give {{value, scheme, meaning}}") from None
+            raise UsageError(
+                f"{where}: '{value}' is not a SNOMED CT keyword of pydicom.sr.codedict; give {{value, scheme, meaning}}"
+            ) from None
     if isinstance(value, Mapping):
         try:
             out = Coded(str(value["value"]), str(value["scheme"]), str(value["meaning"]))
@@ -234,7 +238,9 @@ def load_concepts(path: str | os.PathLike[str]) -> dict[str, Concept]:
         if not isinstance(entry, Mapping) or "category" not in entry or "type" not in entry:
             raise UsageError(f"{where}: each prompt needs 'category' and 'type'")
         modifier = _parse_code(entry["modifier"], where) if entry.get("modifier") is not None else None
-        out[normalise(str(prompt))] = Concept(_parse_code(entry["category"], where), _parse_code(entry["type"], where), modifier, f"file:{p}")
+        out[normalise(str(prompt))] = Concept(
+            _parse_code(entry["category"], where), _parse_code(entry["type"], where), modifier, f"file:{p}"
+        )
     return out
 
 
