@@ -206,5 +206,6 @@ def test_missing_extra_is_one_line_and_runtime_stays_torch_free(study: Path, tmp
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 5 and "pip install 'medsam3-rt[dicom]'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    probe = "import sys, medsam3_rt.io.dicom_seg, medsam3_rt.io.pacs, medsam3_rt.cli.pacs; print('torch' in sys.modules)"
+    modules = "highdicom, dicomweb_client, medsam3_rt.io.dicom_seg, medsam3_rt.io.pacs, medsam3_rt.cli.pacs"
+    probe = f"import sys, {modules}; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -66,6 +66,9 @@ def test_round_trip_is_valid_equals_nifti_and_idempotent(orthanc: OrthancServer,
     series_dirs = write_study(tmp_path / "study", study_uid=study, series=2)
     upload(orthanc, [f for d in series_dirs for f in sorted(d.iterdir())])
 
+    dry = pacs_cli(orthanc, study, "--dry-run")
+    assert dry.returncode == 0 and "0 SEG(s) stored, 0 already there, 2 to segment (--dry-run)" in dry.stderr
+    assert seg_series(orthanc, study) == []
     out = tmp_path / "out"
     proc = pacs_cli(orthanc, study, "-o", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -100,7 +103,7 @@ def test_round_trip_is_valid_equals_nifti_and_idempotent(orthanc: OrthancServer,
 
     # a rerun stores nothing new; other prompts make a new SEG next to the first
     again = pacs_cli(orthanc, study)
-    assert again.returncode == 0 and "0 SEG(s) stored, 2 already there" in again.stderr
+    assert again.returncode == 0 and "0 SEG(s) stored, 2 already there, 2 non-image series skipped" in again.stderr
     assert len(seg_series(orthanc, study)) == 2
     other = pacs_cli(orthanc, study, "--series", source_uid, prompts=("-p", "brain"))
     assert other.returncode == 0 and "1 SEG(s) stored, 0 already there" in other.stderr

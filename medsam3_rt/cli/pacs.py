@@ -76,14 +76,18 @@ def pacs(
         progress=say,
     )
     outcomes = run_study(client, job)
-    if not STATE.quiet:
-        table = Table("series", "description", "status", "SEG series", "detail", title=f"medsam3-rt pacs: study {study}")
+    if not STATE.quiet:  # the SEG series UIDs are in the lines above and in --output's JSON records
+        table = Table("series", "description", "status", "detail", title=f"medsam3-rt pacs: study {study}")
         for o in outcomes:
+            if o.status == "skipped":  # SEG, SR, ... series: counted below
+                continue
             detail = ", ".join(f"{p} {v:.2f} mL" for p, v in o.volumes_ml.items()) or o.message
-            table.add_row(o.series_uid, o.description or o.modality, o.status, o.seg_series_uid or "-", detail)
+            table.add_row(o.series_uid, o.description or o.modality, o.status, detail)
         out_console.print(table)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         raise InputError(f"{len(failed)} of {len(outcomes)} series not segmented; first: {failed[0].message}")
-    stored = sum(o.status == "stored" for o in outcomes)
-    say(f"{stored} SEG(s) stored, {sum(o.status == 'exists' for o in outcomes)} already there")
+    count = {s: sum(o.status == s for o in outcomes) for s in ("stored", "exists", "skipped", "would segment")}
+    skipped = f", {count['skipped']} non-image series skipped" if count["skipped"] else ""
+    planned = f", {count['would segment']} to segment (--dry-run)" if dry_run else ""
+    say(f"{count['stored']} SEG(s) stored, {count['exists']} already there{skipped}{planned}")

@@ -230,7 +230,7 @@ def run_study(pacs: Pacs, job: StudyJob) -> list[SeriesOutcome]:
         if refs is not None:
             if info.uid not in refs:
                 raise PacsError(f"series {seg_series} on the PACS does not reference series {info.uid}; refusing to overwrite it")
-            out.status, out.message = "exists", "a SEG from this model and these prompts is already stored"
+            out.status, out.message = "exists", "SEG already stored"
             job.progress(f"series {info.uid}: SEG {seg_series} already stored, skipped")
             continue
         if job.dry_run:
@@ -262,7 +262,8 @@ def _segment_series(pacs: Pacs, job: StudyJob, info: SeriesInfo, sources: list[s
         try:
             volume = read_dicom_series(folder, job.axis)  # type: ignore[arg-type]
         except InputError as e:
-            raise InputError(f"series {info.uid}: {e.message.replace(str(folder), 'the series')}") from None
+            why = e.message.replace(f"{folder}: ", "").replace(str(folder), "the series")  # no temp paths in messages
+            raise InputError(f"series {info.uid}: {why}") from None
         got = sorted(str(v) for v in _sop_uids(volume.files))
         if got != sources:  # instances arrived between QIDO and WADO: the fingerprint would be wrong
             raise InputError(f"series {info.uid} changed while it was pulled; rerun")
