@@ -14,6 +14,7 @@ Exit codes (documented in docs/errors.md):
     4  model problem (export dir, manifest, checkpoint, prompt pack or engine incompatible/corrupt)
     5  backend unavailable (e.g. CUDA requested but onnxruntime-gpu has no CUDA here)
     6  parity or accuracy gate failed
+    7  PACS unreachable, refused a request, or timed out (`medsam3-rt pacs`)
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ class ParityError(Medsam3Error):
 
 class AccuracyGateError(Medsam3Error):
     exit_code = 6
+
+
+class PacsError(Medsam3Error):
+    """A PACS (DICOMweb server) cannot be reached, refuses a request, or does not answer in time."""
+
+    exit_code = 7
 
 
 class InternalError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +22,11 @@ from ..tracker.settings import StreamOptions
 from ..tracker.streaming import FrameResult
 from ..volume import VolumeResult, new_volume_stream, open_volume, segment_volume
 
+if TYPE_CHECKING:
+    from ..io.dicom_seg import SegOutput
+
 VOLUME_OUTPUTS = (".labels.nii.gz", ".overlay.png", ".json")
+DICOM_SEG_OUTPUTS = (".seg.dcm", ".overlay.png", ".json")  # --format dicom-seg
 VIDEO_OUTPUTS = (".overlay.mp4", ".labels.npz", ".json")
 
 Tick = Callable[[int, int], None]
@@ -43,6 +48,7 @@ def run_volume(
     options: StreamOptions,
     series_uid: str | None,
     tick: Tick,
+    seg_output: SegOutput | None = None,
 ) -> VolumeResult:
     volume = open_volume(source, axis=axis, series_uid=series_uid)
     stream = new_volume_stream(seg, prompts, volume, window=window, options=options, mode="auto")
@@ -50,7 +56,11 @@ def run_volume(
     labels_path, overlay_path, json_path = paths
     from ..io.volumes import write_label_volume
 
-    write_label_volume(labels_path, result.labels, volume)
+    extra = {}
+    if seg_output is not None:  # DICOM-SEG instead of NIfTI labels
+        extra = seg_output.write(labels_path, volume, result.labels, result.prompts)
+    else:
+        write_label_volume(labels_path, result.labels, volume)
     best = _largest_slice(volume, result)
     with atomic_path(overlay_path) as tmp:
         image = volume.slice(best)
@@ -87,6 +97,7 @@ def run_volume(
         "labels_file": labels_path.name,
         "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
         **({"dicom": volume.meta} if volume.meta else {}),
+        **extra,
         "producer": f"medsam3-rt {__version__}",
         "intended_use": INTENDED_USE,
     }

@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from .._version import __version__
 from ..errors import Medsam3Error, MissingDependencyError
-from . import demo, info, prompts, segment
+from . import demo, info, pacs, prompts, segment
 from .console import STATE, err_console, extra_hint
 
 COMMAND_GROUP = "medsam3_rt.commands"
@@ -127,6 +127,7 @@ def main(
 app.command("segment", no_args_is_help=True)(segment.segment)
 app.command("info", no_args_is_help=True)(info.info)
 app.command("demo")(demo.demo)
+app.command("pacs", no_args_is_help=True)(pacs.pacs)
 app.add_typer(prompts.app, name="prompts")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from ..preprocess import IntensityWindow, parse_window
 from ..segmenter import Segmenter, SegmentResult, load
 from ..tokenizer import as_prompt_list
 from ..tracker.settings import StreamOptions
-from ._sequences import VIDEO_OUTPUTS, VOLUME_OUTPUTS, run_video, run_volume
+from ._sequences import DICOM_SEG_OUTPUTS, VIDEO_OUTPUTS, VOLUME_OUTPUTS, run_video, run_volume
 from .console import STATE, err_console, out_console, say
 
 OUTPUT_SUFFIXES = (".mask.png", ".overlay.png", ".json")
@@ -39,9 +39,12 @@ class Job:
     kind: str  # "image" | "volume" | "video"
     source: Path
     stem: str
+    fmt: str = "nifti"  # volumes: "nifti" | "dicom-seg"
 
     @property
     def suffixes(self) -> tuple[str, ...]:
+        if self.kind == "volume" and self.fmt == "dicom-seg":
+            return DICOM_SEG_OUTPUTS
         return {"image": OUTPUT_SUFFIXES, "volume": VOLUME_OUTPUTS, "video": VIDEO_OUTPUTS}[self.kind]
 
     def outputs(self, output: Path) -> list[Path]:
@@ -169,6 +172,8 @@ def segment(
         None, "--ray", metavar="ADDRESS", help="Run on Ray actors: 'local' (a local cluster) or a cluster address ('scale' extra)."
     ),
     actors: int = typer.Option(2, "--actors", min=1, help="--ray: actors, each loading the model once (1 CPU each)."),
+    fmt: str = typer.Option("nifti", "--format", help="Volume labels: nifti, or dicom-seg (DICOM series input; the 'dicom' extra)."),
+    codes: Path | None = typer.Option(None, "--codes", help="--format dicom-seg: JSON/YAML file of prompt -> SNOMED CT codes."),
 ) -> None:
     """Segment text prompts in images, volumes and videos.
 
@@ -181,6 +186,12 @@ def segment(
         raise typer.BadParameter(f"--axis must be one of {', '.join(AXES)}", param_hint="--axis")
     jobs = collect_inputs(inputs, as_sequence=as_sequence)
     win = parse_window(window) if window else None
+    seg_output = None
+    if fmt != "nifti":
+        from ..io.dicom_seg import dicom_seg_output
+
+        seg_output = dicom_seg_output(fmt, jobs, model_dir, codes, axis=axis, window=window, bidirectional=bidirectional, series=series)
+        jobs = [replace(j, fmt=fmt) for j in jobs]
     stream_options = StreamOptions(
         nms=not no_nms,
         fill_holes=not no_fill_holes,
@@ -237,6 +248,7 @@ def segment(
                     options=stream_options,
                     series_uid=series,
                     tick=tick,
+                    seg_output=seg_output,
                 )
                 rows += [(job.source.name, p, f"{res.prompt_volumes_ml[p]:.2f} mL", "-") for p in res.prompts]
             else:

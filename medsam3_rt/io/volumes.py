@@ -52,6 +52,7 @@ class Volume:
     display: Literal["rot90", "transpose", "identity"] = "rot90"
     header: Any = field(default=None, repr=False)  # nibabel header, to write labels with the same metadata
     meta: dict[str, Any] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()  # DICOM: the series' files in slice order (voxel k = files[k]), for DICOM-SEG references
 
     @property
     def num_slices(self) -> int:
@@ -305,7 +306,7 @@ def _build_dicom_volume(root: Path, items: list, axis: Axis) -> Volume:
         "num_files": len(files),
     }
     display = "transpose" if axis_index == 2 else "rot90"  # axial DICOM frames as the scanner stored them
-    return Volume(root, shape, affine, axis_index, "dicom", read, display=display, meta=meta)
+    return Volume(root, shape, affine, axis_index, "dicom", read, display=display, meta=meta, files=tuple(files))
 
 
 def write_label_volume(path: str | os.PathLike[str], labels: np.ndarray, volume: Volume) -> None:
