@@ -145,7 +145,9 @@ def test_segment_matches_transformers_lite_text(lite_segmenter, lite_reference, 
 
     image = CASES[case]
     res = lite_segmenter.segment(image, prompts)
-    masks, scores, boxes = reference_segment(lite_reference, bundled_clip_tokenizer(), image, prompts, context_length=LITE_CONTEXT, semantics="transformers")
+    masks, scores, boxes = reference_segment(
+        lite_reference, bundled_clip_tokenizer(), image, prompts, context_length=LITE_CONTEXT, semantics="transformers"
+    )
     for p in range(len(prompts)):
         assert iou(res.masks[p], masks[p]) >= 0.999, (case, prompts[p], iou(res.masks[p], masks[p]))
     np.testing.assert_allclose(res.scores, scores, atol=1e-4)
