@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .. import backends
 from ..backends import ort_install
@@ -53,7 +54,7 @@ def info(
     out_console.print(f"onnxruntime: {ort_install.describe()}", highlight=False, soft_wrap=True)
     clash = ort_install.conflict_message()
     if clash:
-        out_console.print(f"[yellow]warning:[/] {clash}", highlight=False, soft_wrap=True)
+        out_console.print(f"[yellow]warning:[/] {escape(clash)}", highlight=False, soft_wrap=True)
     out_console.print("backends here:")
     for name, status in backends.available().items():
-        out_console.print(f"  {name:9s} {'yes' if status.ok else 'no: ' + status.reason}", highlight=False, soft_wrap=True)
+        out_console.print(f"  {name:9s} {'yes' if status.ok else 'no: ' + escape(status.reason)}", highlight=False, soft_wrap=True)
