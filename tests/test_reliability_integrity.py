@@ -28,8 +28,8 @@ from medsam3_rt.errors import Medsam3Error
 from medsam3_rt.manifest import load_manifest
 hc.RACY_NS = int(sys.argv[2])
 hashed = []
-real = hc._hash
-hc._hash = lambda path, *a: hashed.append(path.name) or real(path, *a)
+real = hc.sha256_file
+hc.sha256_file = lambda path, *a: hashed.append(path.name) or real(path, *a)
 try:
     load_manifest(sys.argv[1])
     outcome = "ok"
@@ -162,4 +162,4 @@ def test_cache_stays_bounded(tmp_path: Path, cache: Path, monkeypatch: pytest.Mo
         hash_cache.file_sha256(f)
         assert len(list(cache.glob("*.json"))) <= 8
     # the most recent ones survive and are hits
-    assert hash_cache.lookup(hash_cache.FileStamp.of(files[-1])) == hash_cache._hash(files[-1])
+    assert hash_cache.lookup(hash_cache.FileStamp.of(files[-1])) == hash_cache.sha256_file(files[-1])
