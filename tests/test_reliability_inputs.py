@@ -460,7 +460,7 @@ def standin(monkeypatch: pytest.MonkeyPatch):
             {"device_name": "NVIDIA A10", "compute_capability": "8.6"},
             r"it was built for NVIDIA A10 \(sm 8\.6\), this machine has Stand-in GPU",
         ),
-        ({"tensorrt": "9.9.0"}, r"it was built with TensorRT 9\.9\.0, this machine has TensorRT 10\.0\.0\+standin"),
+        ({"tensorrt": "9.9.0"}, r"it was built with TensorRT 9\.9\.0, this machine has TensorRT 10\.8\.0\.43"),
     ],
     ids=["another-gpu", "another-tensorrt"],
 )
