@@ -320,7 +320,7 @@ def test_link_check_finds_broken_links(tmp_path: Path) -> None:
     (tmp_path / "b.md").write_text("# Title\n\n## Set up, and run!\n", encoding="utf-8")
     page = tmp_path / "a.md"
     page.write_text(
-        "[ok](b.md#set-up-and-run) [bad anchor](b.md#setup) [missing](c.md) [pending](gpu.md) [web](https://x.org)\n"
+        "[ok](b.md#set-up-and-run) [bad anchor](b.md#setup) [missing](c.md) [web](https://x.org)\n"
         "```bash\n# not a heading [in code](nowhere.md)\n```\n",
         encoding="utf-8",
     )
