@@ -13,7 +13,7 @@ Weights are random unless a checkpoint is given; the presets only fix the shapes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -265,38 +265,20 @@ PRESETS: dict[str, Preset] = {
             memory_dim=64,
             tracker_mlp=2048,
         ),
-        Preset(
-            name="tiny-litetext",
-            description=(
-                "CI-sized random SAM3-LiteText: the tiny geometry with a MobileCLIP text encoder "
-                "(RepMixer, transformer, RepMixer; 16-token context); image model, no tracker"
-            ),
-            image_size=224,
-            vit_hidden=64,
-            vit_layers=2,
-            vit_heads=2,
-            vit_mlp=128,
-            window_size=8,
-            global_attn_indexes=(1,),
-            pretrain_image_size=112,
-            fpn_hidden=128,
-            text_hidden=32,
-            text_layers=3,
-            text_heads=2,
-            text_mlp=64,
-            detr_layers=2,
-            detr_heads=2,
-            detr_ffn=128,
-            num_queries=20,
-            geometry_layers=1,
-            memory_attention_layers=2,
-            memory_dim=64,
-            tracker_mlp=128,
-            text_model="mobileclip",
-            text_context=16,
-        ),
     )
 }
+# SAM3-LiteText: the tiny geometry with a MobileCLIP text encoder; an image model (no tracker).
+PRESETS["tiny-litetext"] = replace(
+    PRESETS["tiny"],
+    name="tiny-litetext",
+    description=(
+        "CI-sized random SAM3-LiteText: the tiny geometry with a MobileCLIP text encoder "
+        "(RepMixer, transformer, RepMixer; 16-token context); image model, no tracker"
+    ),
+    text_layers=3,
+    text_model="mobileclip",
+    text_context=16,
+)
 
 
 def get_preset(name: str) -> Preset:
