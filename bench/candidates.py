@@ -161,9 +161,12 @@ class RuntimeCandidate(Candidate):
         sw.lap("text")
         pixels = pixel_values(image, m.manifest.preprocess)
         sw.lap("preprocess")
+        sync = getattr(m.backend, "synchronize", None) or (lambda: None)  # GPU backends queue work: a lap must wait for it
         features = m.encode_image(pixels)
+        sync()
         sw.lap("backbone")
         out = m.detect(features, text)
+        sync()
         sw.lap("detector")
         res = seg._postprocess(list(prompts), out, image.shape[:2], 0.0)
         sw.lap("postprocess")
@@ -233,8 +236,14 @@ def registered_candidates() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=CANDIDATE_GROUP)}
 
 
-def load_baseline(name: str, model_dir: Path, manifest: Manifest, *, checkpoint: Path | None, threads: int) -> Candidate:
-    """Build the registered baseline `name`; a missing package or extra is a `MissingDependencyError`."""
+def load_baseline(
+    name: str, model_dir: Path, manifest: Manifest, *, checkpoint: Path | None, threads: int, device: str = "auto"
+) -> Candidate:
+    """Build the registered baseline `name`; a missing package or extra is a `MissingDependencyError`.
+
+    `device` ("auto", "cpu", "cuda", "cuda:N") goes to candidates that take one: on a GPU machine
+    the fair baseline is the eager model on that GPU, not on the host's cores.
+    """
     ep = registered_candidates().get(name)
     if ep is None:
         raise MissingDependencyError(f"no bench candidate '{name}' is installed (the full install registers '{BASELINE_NAME}')")
@@ -245,6 +254,8 @@ def load_baseline(name: str, model_dir: Path, manifest: Manifest, *, checkpoint:
         raise MissingDependencyError(
             f"the {name} baseline needs the '{extra}' extra ({e.name or e} is not installed): pip install 'medsam3-rt[{extra}]'"
         ) from None
+    if device != "auto":
+        return cls(model_dir, manifest, checkpoint=checkpoint, threads=threads, device=device)
     return cls(model_dir, manifest, checkpoint=checkpoint, threads=threads)
 
 

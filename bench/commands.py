@@ -8,6 +8,7 @@ registered candidate, loaded only when it is asked for (`--baseline on`) or, wit
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -40,6 +41,9 @@ def bench(
         ["ort-cpu"], "--backend", "-b", help="medsam3-rt backend(s) to measure; 'available' = every backend that runs here."
     ),
     baseline: str = typer.Option("auto", "--baseline", help="transformers eager fp32 baseline: auto (if installed), on, off."),
+    baseline_device: str = typer.Option(
+        "auto", "--baseline-device", help="Where the baseline runs: auto (a CUDA GPU when PyTorch sees one), cpu, cuda, cuda:N."
+    ),
     prompts: list[str] = typer.Option(["liver", "left kidney"], "--prompts", "-p", help="Text prompts (repeat the option)."),
     frames: int = typer.Option(8, "--frames", "-n", min=0, help="Measured streaming slices per candidate."),
     rounds: int = typer.Option(5, "--rounds", min=0, help="Measured 2D image rounds per candidate."),
@@ -65,10 +69,13 @@ def bench(
     """Per-stage latency (p50/p95/p99), throughput, cold start, prompt cache and memory vs the transformers baseline."""
     if baseline not in ("auto", "on", "off"):
         raise UsageError(f"--baseline must be auto, on or off, got {baseline!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", baseline_device):
+        raise UsageError(f"--baseline-device must be auto, cpu, cuda or cuda:N, got {baseline_device!r}")
     cfg = BenchConfig(
         model_dir=model_dir,
         backends=tuple(backend),
         baseline=baseline,
+        baseline_device=baseline_device,
         prompts=tuple(prompts),
         rounds=rounds,
         frames=frames,

@@ -75,6 +75,7 @@ class BenchConfig:
     model_dir: Path
     backends: tuple[str, ...] = ("ort-cpu",)
     baseline: str = "auto"  # auto | on | off
+    baseline_device: str = "auto"  # auto (the GPU when torch sees one) | cpu | cuda | cuda:N
     prompts: tuple[str, ...] = ("liver", "left kidney")
     rounds: int = 5  # measured 2D rounds
     frames: int = 8  # measured streaming slices
@@ -266,7 +267,11 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
     notes: list[str] = []
     if cfg.baseline in ("auto", "on"):
         try:
-            candidates.append(load_baseline(BASELINE_NAME, cfg.model_dir, manifest, checkpoint=cfg.checkpoint, threads=threads))
+            candidates.append(
+                load_baseline(
+                    BASELINE_NAME, cfg.model_dir, manifest, checkpoint=cfg.checkpoint, threads=threads, device=cfg.baseline_device
+                )
+            )
         except (MissingDependencyError, UsageError) as e:  # auto: measure without it and say why
             if cfg.baseline == "on":
                 raise

@@ -33,15 +33,33 @@ from medsam3_rt.preprocess import pixel_values
 from medsam3_rt.stopwatch import Stopwatch
 
 from .checkpoint import load_checkpoint
+from .semantics import add_geometry_cls, manifest_prompt_semantics
 from .tokenizer_files import bundled_clip_tokenizer, checkpoint_tokenizer
+
+
+def _resolve_device(device: str) -> torch.device:
+    """auto: the first CUDA GPU when PyTorch sees one, else the CPU; an unusable request is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--baseline-device {device}: PyTorch sees no CUDA GPU here (torch {torch.__version__}); use cpu or auto")
+    return torch.device(device)
+
+
+def _gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device)
 
 
 class TransformersCandidate(Candidate):
     name = "transformers"
     kind = "baseline"
 
-    def __init__(self, model_dir: Path, manifest: Manifest, *, checkpoint: Path | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, manifest: Manifest, *, checkpoint: Path | None = None, threads: int | None = None, device: str = "auto"
+    ) -> None:
         self.manifest = manifest
+        self.device = _resolve_device(device)
+        self.semantics = manifest_prompt_semantics(manifest.model)
         self.threads = threads
         if threads:
             torch.set_num_threads(threads)
@@ -72,28 +90,35 @@ class TransformersCandidate(Candidate):
 
     def load(self) -> None:
         ckpt = load_checkpoint(self.checkpoint, config=None if self.checkpoint.is_dir() else self.manifest.model.get("config"))
-        self.detector, self.video = ckpt.detector.eval(), ckpt.video
+        self.detector, self.video = ckpt.detector.eval().to(self.device), ckpt.video
         if self.video is not None:
-            self.video.eval()
+            self.video.eval().to(self.device)
         self.tokenizer = checkpoint_tokenizer(self.checkpoint)[0] if self.checkpoint.is_dir() else bundled_clip_tokenizer()
 
     def describe(self) -> dict[str, Any]:
         import transformers
 
         attn = getattr(self.detector.config, "_attn_implementation", None) if self.detector is not None else None
+        where = _gpu_name(self.device) if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
         return {
             "name": self.name,
             "kind": self.kind,
-            "backend": "pytorch eager fp32",
+            "backend": f"pytorch eager fp32 ({self.device.type})",
             "description": f"transformers {transformers.__version__} Sam3Model / Sam3VideoModel, torch {torch.__version__}, "
-            f"fp32, {attn} attention, {torch.get_num_threads()} threads",
+            f"fp32, {attn} attention, {self.semantics} text-only semantics, {where}",
             "threads": torch.get_num_threads(),
         }
 
     # -- text -----------------------------------------------------------------------------
     def _tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         ctx = self.manifest.dims.text_context
-        return self.tokenizer(list(prompts), padding="max_length", max_length=ctx, truncation=True, return_tensors="pt")
+        enc = self.tokenizer(list(prompts), padding="max_length", max_length=ctx, truncation=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def sync(self) -> None:
+        """Wait for queued GPU work, so that a lap counts it (no-op on the CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def text_miss(self, prompts: Sequence[str]) -> dict[str, float]:
         sw = Stopwatch()
@@ -101,6 +126,7 @@ class TransformersCandidate(Candidate):
         sw.lap("tokenize")
         with torch.inference_mode():
             out = self.detector.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], return_dict=True)
+        self.sync()
         sw.lap("text_encoder")
         for i, p in enumerate(prompts):
             self._text[p], self._masks[p] = out.pooler_output[i], enc["attention_mask"][i]
@@ -117,23 +143,30 @@ class TransformersCandidate(Candidate):
         feats = torch.stack([self._text[p] for p in prompts])
         mask = torch.stack([self._masks[p] for p in prompts])
         sw.lap("text")
-        pixels = torch.from_numpy(pixel_values(image, self.manifest.preprocess))
+        pixels = torch.from_numpy(pixel_values(image, self.manifest.preprocess)).to(self.device)
+        self.sync()
         sw.lap("preprocess")
         with torch.inference_mode():
             vision = self.detector.get_vision_features(pixel_values=pixels)
+            self.sync()
             sw.lap("backbone")
             n = len(prompts)
             batched = Sam3VisionEncoderOutput(
                 fpn_hidden_states=tuple(f.expand(n, -1, -1, -1) for f in vision.fpn_hidden_states),
                 fpn_position_encoding=tuple(p.expand(n, -1, -1, -1) for p in vision.fpn_position_encoding),
             )
+            if self.semantics == "meta":  # the export's detector graph appends the empty prompt's geometry CLS: so does its baseline
+                feats, mask = add_geometry_cls(
+                    self.detector, feats, mask, batched.fpn_hidden_states[:-1], batched.fpn_position_encoding[:-1]
+                )
             out = self.detector(vision_embeds=batched, text_embeds=BaseModelOutputWithPooling(pooler_output=feats), attention_mask=mask)
+        self.sync()
         sw.lap("detector")
         return out
 
     def detection_probs(self, image: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         out = self._detect(image, prompts, Stopwatch())
-        return (out.pred_logits.sigmoid() * out.presence_logits.sigmoid()).numpy()
+        return (out.pred_logits.sigmoid() * out.presence_logits.sigmoid()).cpu().numpy()
 
     def segment(self, image: np.ndarray, prompts: Sequence[str]) -> tuple[dict[str, float], ImageOutput]:
         sw = Stopwatch()
@@ -141,12 +174,12 @@ class TransformersCandidate(Candidate):
         # post_process_instance_segmentation, top-1 query per prompt (the paper's protocol)
         scores = out.pred_logits.sigmoid() * out.presence_logits.sigmoid()
         best = scores.argmax(dim=1)
-        rows = torch.arange(len(prompts))
+        rows = torch.arange(len(prompts), device=self.device)
         h, w = image.shape[:2]
         probs = F.interpolate(out.pred_masks[rows, best].sigmoid()[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        masks = (probs > 0.5).numpy()
+        masks = (probs > 0.5).cpu().numpy()
         sw.lap("postprocess")
-        return sw.ms, ImageOutput(masks, scores[rows, best].numpy())
+        return sw.ms, ImageOutput(masks, scores[rows, best].cpu().numpy())
 
     # -- streaming ------------------------------------------------------------------------
     def stream(self, prompts: Sequence[str], hw: tuple[int, int], policy: StreamPolicy) -> StreamHandle:
@@ -155,7 +188,7 @@ class TransformersCandidate(Candidate):
         return _TransformersStream(self, prompts, hw, policy)
 
     def gpu_memory_bytes(self) -> int | None:
-        return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
 
     def close(self) -> None:
         self.video = self.detector = None
@@ -180,7 +213,9 @@ class _TransformersStream(StreamHandle):
         model.det_nms_thresh = model.config.det_nms_thresh if policy.nms else 0.0
         model.fill_hole_area = model.config.fill_hole_area if policy.fill_holes else 0
         self.hw = hw
-        self.session = msv.Sam3VideoInferenceSession(video_height=hw[0], video_width=hw[1], inference_device="cpu", dtype=torch.float32)
+        self.session = msv.Sam3VideoInferenceSession(
+            video_height=hw[0], video_width=hw[1], inference_device=cand.device, dtype=torch.float32
+        )
         enc = cand._tokenize(prompts)
         for i, p in enumerate(prompts):
             pid = self.session.add_prompt(p)
@@ -198,7 +233,24 @@ class _TransformersStream(StreamHandle):
             (model, "build_outputs", "postprocess"),
         ):
             self._wrap(obj, method, stage)
+        if cand.semantics == "meta":
+            self._meta_detector(model.detector_model)
         self._last = -1
+
+    def _meta_detector(self, detector: Any) -> None:
+        """Meta's text-only semantics inside `Sam3VideoModel.run_detection`, as the export's detector graph has them."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        forward = detector.forward
+
+        def meta_forward(*, vision_embeds: Any, text_embeds: Any, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+            levels, pos = vision_embeds.fpn_hidden_states[:-1], vision_embeds.fpn_position_encoding[:-1]
+            feats, mask = add_geometry_cls(detector, text_embeds.pooler_output, attention_mask, levels, pos)
+            text = BaseModelOutputWithPooling(pooler_output=feats)
+            return forward(vision_embeds=vision_embeds, text_embeds=text, attention_mask=mask, **kwargs)
+
+        detector.forward = meta_forward
+        self._wrapped.append((detector, "forward"))
 
     def _wrap(self, obj: Any, method: str, stage: str) -> None:
         original = getattr(obj, method)
@@ -208,6 +260,7 @@ class _TransformersStream(StreamHandle):
             try:
                 return original(*args, **kwargs)
             finally:
+                self.cand.sync()
                 self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
 
         setattr(obj, method, timed)
@@ -216,7 +269,7 @@ class _TransformersStream(StreamHandle):
     def push(self, frame: np.ndarray) -> tuple[dict[str, float], StreamOutput]:
         self.ms = {}
         t0 = time.perf_counter()
-        pixels = torch.from_numpy(pixel_values(frame, self.cand.manifest.preprocess))[0]
+        pixels = torch.from_numpy(pixel_values(frame, self.cand.manifest.preprocess))[0].to(self.cand.device)
         self.ms["preprocess"] = (time.perf_counter() - t0) * 1e3
         with torch.inference_mode():
             out = self.model(inference_session=self.session, frame=pixels)
@@ -243,7 +296,8 @@ class _TransformersStream(StreamHandle):
             return label
         ids = [i for i, k in zip(ids, keep.tolist()) if k]
         masks, logits = masks[keep], logits[keep]
-        scores = torch.tensor([float(out.obj_id_to_tracker_score.get(i, out.obj_id_to_score.get(i, 0.0))) for i in ids])
+        score_of = out.obj_id_to_tracker_score
+        scores = torch.tensor([float(score_of.get(i, out.obj_id_to_score.get(i, 0.0))) for i in ids], device=logits.device)
         prompt_ids = [self.session.obj_id_to_prompt_id[i] for i in ids]
         if len(ids) > 1:
             masks = (
@@ -253,9 +307,9 @@ class _TransformersStream(StreamHandle):
                 > 0
             )
         conf = torch.where(masks, logits.sigmoid(), torch.full_like(logits, -1.0))
-        best = conf.argmax(dim=0).numpy()
+        best = conf.argmax(dim=0).cpu().numpy()
         pid = np.asarray(prompt_ids, np.int64)
-        return np.where(masks.any(dim=0).numpy(), pid[best] + 1, 0).astype(np.uint8)
+        return np.where(masks.any(dim=0).cpu().numpy(), pid[best] + 1, 0).astype(np.uint8)
 
     def tracker_step(self) -> tuple[float, dict[str, int]] | None:
         if not self.session.obj_ids or self._last < 0:
@@ -263,6 +317,7 @@ class _TransformersStream(StreamHandle):
         t0 = time.perf_counter()
         with torch.inference_mode():
             self.model.run_tracker_propagation(inference_session=self.session, frame_idx=self._last, reverse=False)
+        self.cand.sync()
         ms = (time.perf_counter() - t0) * 1e3
         return ms, {"objects": len(self.session.obj_ids)}
 

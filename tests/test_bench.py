@@ -55,6 +55,28 @@ def test_bench_cli_against_transformers_writes_valid_json_markdown_and_plots(
         assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.curve.png").stat().st_size > 0
 
 
+def test_the_baseline_follows_the_exports_prompt_semantics(tiny_video_hf_dir: Path, tmp_path: Path) -> None:
+    """A default (Meta semantics) export: the baseline appends the geometry CLS too, for images and streams.
+
+    Before, it ran transformers' semantics against Meta's graphs and reported the difference of
+    the two definitions as disagreement (image IoU 0.74, stream label IoU 0 on the tiny model).
+    """
+    meta = tmp_path / "meta-export"
+    cli("export", str(tiny_video_hf_dir), "--output", str(meta), "--quiet", check=True)
+    assert json.loads((meta / "manifest.json").read_text())["model"]["prompt_semantics"] == "meta"
+    out = tmp_path / "bench.json"
+    cli(
+        "bench", str(meta), "--checkpoint", str(tiny_video_hf_dir), "--baseline", "on", "--baseline-device", "cpu",
+        "--frames", "3", "--rounds", "1", "--warmup", "1", "--tracker-rounds", "0", "--settle", "0",
+        "--detection-threshold", "0.19", "--json", str(out), check=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert "meta text-only semantics" in result["candidates"][0]["description"]
+    agree = result["agreement_with_baseline"]["ort-cpu"]
+    assert agree["image_mask_iou_mean"] > 0.99 and agree["image_score_max_abs_diff"] < 1e-4, agree
+    assert agree["stream_label_iou_mean"] > 0.99 and agree["stream_objects_equal"], agree
+
+
 def test_bench_without_baseline_stays_torch_free(tiny_video_export: Path, tmp_path: Path) -> None:
     """The runtime half of the benchmark (and the importable `benchmarks.bench`) never loads torch."""
     code = f"""
@@ -81,6 +103,8 @@ def test_bench_usage_errors(tiny_video_export: Path) -> None:
     assert proc.returncode == 2 and "--baseline" in proc.stderr
     proc = cli("bench", str(tiny_video_export), "--image-size", "big")
     assert proc.returncode == 2 and "--image-size" in proc.stderr
+    proc = cli("bench", str(tiny_video_export), "--baseline-device", "gpu")
+    assert proc.returncode == 2 and "--baseline-device" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_missing_baseline_checkpoint_is_a_usage_error(tiny_video_export: Path) -> None:

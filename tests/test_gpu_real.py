@@ -130,3 +130,23 @@ def test_real_torch_cuda_bf16(tiny_export: Path, tiny_hf_dir: Path, compile_: bo
     for got in results:
         for k in range(2):
             assert _dice(got.masks[k], want.masks[k]) >= 0.99
+
+
+@pytest.mark.gpu
+@needs_torch_cuda
+def test_real_torch_cuda_stream(tiny_video_export: Path, tiny_video_hf_dir: Path) -> None:
+    """Streaming on `torch` + CUDA (fp32) follows ort-cpu frame by frame: the tracker graphs run on the GPU too."""
+    from medsam3_rt.tracker.settings import StreamOptions
+
+    opts = StreamOptions(detection_threshold=0.19, new_object_threshold=0.19, max_objects=2)
+    frames = [phantom(100, 100, seed=i) for i in range(4)]
+    with (
+        medsam3_rt.load(tiny_video_export, "torch", options=BackendOptions(checkpoint=tiny_video_hf_dir, precision="fp32")) as seg,
+        medsam3_rt.load(tiny_video_export, "ort-cpu") as ref,
+    ):
+        assert seg.model.backend.device.type == "cuda"
+        ours, theirs = seg.stream(["polyp", "liver"], options=opts), ref.stream(["polyp", "liver"], options=opts)
+        for frame in frames:
+            got, want = ours.push(frame), theirs.push(frame)
+            assert ours.num_objects == theirs.num_objects
+            assert _dice(got.label_map > 0, want.label_map > 0) >= 0.99 or not (want.label_map > 0).any()

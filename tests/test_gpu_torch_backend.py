@@ -13,7 +13,7 @@ from conftest import TEST_INIT_STD, phantom
 
 import medsam3_rt
 from medsam3_rt import graph_contract as gc
-from medsam3_rt.backends import BackendOptions
+from medsam3_rt.backends import BackendOptions, as_numpy
 from medsam3_rt.errors import CheckpointError, UsageError
 from medsam3_rt.manifest import load_manifest
 
@@ -40,14 +40,16 @@ print("ok")
 
 @pytest.fixture(scope="module")
 def torch_seg(tiny_export: Path, tiny_hf_dir: Path):
-    seg = medsam3_rt.load(tiny_export, "torch", options=BackendOptions(checkpoint=tiny_hf_dir))
+    # fp32 on whatever device torch picks (CUDA on a GPU machine): the parity tolerance is fp32's
+    seg = medsam3_rt.load(tiny_export, "torch", options=BackendOptions(checkpoint=tiny_hf_dir, precision="fp32"))
     yield seg
     seg.close()
 
 
 def test_each_graph_matches_ort_cpu_within_the_parity_tolerance(torch_seg, tiny_export: Path) -> None:
     """Graph for graph on the same inputs: the same tolerance the export's parity check uses."""
-    assert torch_seg.backend_name == "torch" and torch_seg.model.backend.device.type == "cpu"
+    want_device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert torch_seg.backend_name == "torch" and torch_seg.model.backend.device.type == want_device
     with medsam3_rt.load(tiny_export, "ort-cpu") as ort_seg:
         ids, attn = ort_seg.model.tokenizer.encode(["polyp", "left kidney, upper pole"])
         pixels = np.random.default_rng(0).normal(0, 0.5, (1, 3, 224, 224)).astype(np.float32)
@@ -58,7 +60,8 @@ def test_each_graph_matches_ort_cpu_within_the_parity_tolerance(torch_seg, tiny_
         results = []
         for graph in (gc.TEXT_ENCODER, gc.IMAGE_BACKBONE):
             ref = ort_seg.model.run(graph, feeds[graph])
-            got = torch_seg.model.run(graph, feeds[graph])
+            # on CUDA the backbone's outputs stay on the GPU (TorchDeviceTensor) for the detector
+            got = {k: as_numpy(v) for k, v in torch_seg.model.run(graph, feeds[graph]).items()}
             results += parity.compare(graph, ref, got, parity.Tolerance())
             if graph == gc.TEXT_ENCODER:
                 text = ref[gc.TEXT_FEATURES]
@@ -82,6 +85,22 @@ def test_segmentation_matches_ort_cpu(torch_seg, tiny_export: Path) -> None:
     for k in range(2):
         union = np.logical_or(got.masks[k], want.masks[k]).sum()
         assert union == 0 or np.logical_and(got.masks[k], want.masks[k]).sum() / union >= 0.999
+
+
+def test_compiled_modules_segment_like_ort_cpu(tiny_export: Path, tiny_hf_dir: Path) -> None:
+    """TorchOptions(compile=True) on the CPU: torch.compile must trace every graph module.
+
+    Found on the first GPU run (H200): the detector graph set and deleted an attribute of the
+    DETR decoder inside forward, which dynamo cannot follow; only the GPU test compiled before.
+    """
+    opts = BackendOptions(checkpoint=tiny_hf_dir, precision="fp32", compile=True)
+    img = phantom(120, 90)
+    with medsam3_rt.load(tiny_export, "torch", options=opts) as seg, medsam3_rt.load(tiny_export, "ort-cpu") as ref:
+        got, want = seg.segment(img, ["polyp", "liver"]), ref.segment(img, ["polyp", "liver"])
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-3)
+    for k in range(2):
+        union = np.logical_or(got.masks[k], want.masks[k]).sum()
+        assert union == 0 or np.logical_and(got.masks[k], want.masks[k]).sum() / union >= 0.99
 
 
 def test_the_checkpoint_must_be_the_exported_one(tiny_export: Path, tmp_path: Path) -> None:
@@ -194,3 +213,24 @@ def test_cuda_graph_outputs_are_cloned_before_they_are_held(tiny_export: Path, t
     held = a[gc.DET_FPN[0]].numpy().copy()
     runner.run({gc.PIXEL_VALUES: rng.normal(0, 0.5, (1, 3, 224, 224)).astype(np.float32)})
     np.testing.assert_array_equal(a[gc.DET_FPN[0]].numpy(), held)  # the first frame's features did not change
+
+
+def test_graph_modules_build_on_a_model_that_lives_off_the_cpu() -> None:
+    """The torch backend moves the checkpoint to CUDA before it builds the graph modules.
+
+    Found on the first GPU run (H200): the tracker graphs built their RoPE table from a CPU
+    tensor and the tracker's CUDA position ids ("Expected all tensors to be on the same
+    device"), so streaming on `torch` + CUDA failed. The `meta` device stands in for the GPU
+    here: a CPU tensor meeting a meta one fails the same way.
+    """
+    from medsam3_export import random_checkpoint
+    from medsam3_export.exporter import model_dims
+    from medsam3_export.graphs import build_graph_module
+
+    ckpt = random_checkpoint("tiny", video=True, seed=0, init_std=TEST_INIT_STD)
+    dims = model_dims(ckpt)
+    ckpt.detector.to("meta")
+    ckpt.video.to("meta")
+    for name in (*gc.DETECTOR_GRAPHS, *gc.TRACKER_GRAPHS):
+        module = build_graph_module(name, ckpt, dims)
+        assert any(p.device.type == "meta" for p in module.parameters()), name

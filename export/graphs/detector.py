@@ -74,7 +74,11 @@ class DetectorGraph(nn.Module):
         vision = Sam3VisionEncoderOutput(fpn_hidden_states=fpn + fpn[-1:], fpn_position_encoding=pos + pos[-1:])
         if self.prompt_semantics == "meta":
             text_features, text_mask = add_geometry_cls(self.detector, text_features, text_mask, fpn, pos)
-        with static_rpb_shape(self.detector.detr_decoder, self.feat_size, self.feat_size):
+        # torch.export needs the static shape; torch.compile (TorchOptions(compile=True)) traces the
+        # original method itself and cannot follow an attribute set and deleted inside the graph.
+        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        static = contextlib.nullcontext() if compiling else static_rpb_shape(self.detector.detr_decoder, self.feat_size, self.feat_size)
+        with static:
             out = self.detector(
                 vision_embeds=vision,
                 text_embeds=BaseModelOutputWithPooling(pooler_output=text_features),

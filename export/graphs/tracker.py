@@ -50,7 +50,9 @@ class _TrackerGraph(nn.Module):
             neck_pe = video_model.tracker_neck.position_encoding(torch.Size([1, self.hidden, s_h, s_w]), "cpu", torch.float32)
             mem_pe = self.tracker.memory_encoder.position_encoding(torch.Size([1, self.mem_dim, s_h, s_w]), "cpu", torch.float32)
             image_pe = self.tracker.get_image_wide_positional_embeddings()
-            cos, sin = self.tracker.memory_attention.rotary_emb(torch.zeros(1), self.tracker.memory_attention.position_ids)
+            # on the tracker's device: rotary_emb moves its frequencies to the device of its first argument
+            position_ids = self.tracker.memory_attention.position_ids
+            cos, sin = self.tracker.memory_attention.rotary_emb(torch.zeros(1, device=position_ids.device), position_ids)
         self.register_buffer("vision_pos", _flat(neck_pe), persistent=False)  # (1, HW, C)
         self.register_buffer("memory_pos", _flat(mem_pe), persistent=False)  # (1, HW, mem)
         self.register_buffer("image_pe", image_pe, persistent=False)  # (1, C, s, s)
