@@ -1,0 +1,177 @@
+"""Tracker training loop: one clip per step, frozen detector, resumable checkpoints.
+
+Conventions follow the image recipe (`trainer.py`): the run folder holds `last/` (weights +
+`trainer_state.pt` with optimizer, scheduler, RNG and step, for an exact `--resume`) and
+`best/` (best mean validation propagation Dice), both Hugging Face `Sam3VideoModel` folders
+that `medsam3-rt export` takes as they are (the tracker graphs are exported from them), plus
+`metrics.csv` and `validation.jsonl`. Validation propagates every held-out clip from its
+ground-truth first frame and pools Dice over the tracked frames.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsam3_rt.errors import InputError
+
+from .checkpoints import TRAINER_STATE, read_trainer_state, rng_state, save_checkpoint, set_rng_state
+from .model import load_model
+from .optim import lr_factor
+from .tracker_config import TrackerTrainConfig
+from .tracker_data import Clip, clip_tensors, split_clips, video_clips, volume_clips
+from .tracker_model import TrackerLossWeights, TrackerTrainingModel, clip_loss, propagation_dice, trainable_parameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackerTrainResult:
+    output_dir: str
+    steps: int
+    first_loss: float
+    last_loss: float
+    best_dice: float
+    initial_dice: float
+    seconds: float
+
+
+def load_clips(cfg: TrackerTrainConfig) -> list[Clip]:
+    """Every clip of every configured volume axis and video."""
+    c = cfg.clip
+    clips: list[Clip] = []
+    for v in cfg.data.volumes:
+        for axis in v.axes:
+            clips += volume_clips(
+                v.image,
+                v.label,
+                dict(v.labels),
+                axis=axis,
+                length=c.length,
+                stride=c.stride,
+                block=c.split_block,
+                step=v.slice_step,
+                min_pixels=c.min_pixels,
+                window=v.window,
+            )
+    for d in cfg.data.videos:
+        clips += video_clips(d.frames, d.masks, dict(d.labels), length=c.length, stride=c.stride, block=c.split_block, min_pixels=c.min_pixels)
+    if not clips:
+        raise InputError("the tracker config yields no clips: add data.volumes or data.videos whose first clip frames show a concept")
+    return clips
+
+
+def validate(model: TrackerTrainingModel, clips: list[Clip]) -> dict[str, Any]:
+    """Pooled propagation Dice (%) per concept and overall, from ground-truth first frames."""
+    per: dict[str, list[float]] = {}
+    model.eval()
+    with torch.no_grad():
+        for clip in clips:
+            px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
+            dice, _ = propagation_dice(model(px, mk[:1]), mk)
+            per.setdefault(clip.concept, []).append(dice)
+    model.train()
+    concepts = {k: float(np.mean(v)) for k, v in sorted(per.items())}
+    return {"dice": float(np.mean(list(concepts.values()))) if concepts else 0.0, "concepts": concepts, "clips": len(clips)}
+
+
+def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTrainResult:
+    """Train the tracker of `cfg.model` (a Sam3VideoModel) on the configured clips."""
+    t0 = time.perf_counter()
+    out = Path(cfg.output_dir)
+    last, best_dir = out / "last", out / "best"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise InputError(f"output_dir {out} is not empty; pass --resume to continue its run or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    clips = load_clips(cfg)
+    train_clips, val_clips = split_clips(clips, cfg.data.val_fraction, cfg.data.split_seed)
+    if cfg.train.val_max_clips is not None:
+        val_clips = val_clips[: cfg.train.val_max_clips]
+    (out / "split.json").write_text(json.dumps({"train": [c.name for c in train_clips], "val": [c.name for c in val_clips]}, indent=1))
+
+    ckpt = load_model(cfg.model if not resume else _resume_model(cfg, last))
+    if ckpt.video is None:
+        raise InputError("tracker training needs a video checkpoint (Sam3VideoModel: detector + tracker); this one is detector-only")
+    for p in ckpt.video.parameters():
+        p.requires_grad_(False)
+    params = trainable_parameters(ckpt.video)
+    for p in params:
+        p.requires_grad_(True)
+    model = TrackerTrainingModel(ckpt.video)
+    model.train()
+    ckpt.video.detector_model.eval()
+    t = cfg.train
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, max(t.steps, 1)))
+    weights = TrackerLossWeights(focal=t.focal, dice=t.dice, iou=t.iou, object_score=t.object_score)
+
+    step, history, best = 0, [], -1.0
+    torch.manual_seed(t.seed)
+    if resume:
+        state = read_trainer_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, history, best = int(state["step"]), list(state["history"]), float(state["best"])
+    initial = history[0]["dice"] if history else validate(model, val_clips)["dice"]
+    if not history:
+        history.append({"step": 0, "dice": initial})
+    rng = np.random.default_rng(t.seed)  # epoch after epoch, a fresh permutation of the clips
+    order = np.concatenate([rng.permutation(len(train_clips)) for _ in range(t.steps // len(train_clips) + 1)])
+    csv_path = out / "metrics.csv"
+    new_csv = not csv_path.exists() or not resume
+    losses: list[float] = []
+    first_loss = float("nan")
+    with csv_path.open("w" if new_csv else "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new_csv:
+            writer.writerow(["step", "loss", "focal", "dice", "iou", "object_score", "lr", "seconds"])
+        while step < t.steps:
+            clip = train_clips[int(order[step])]
+            px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
+            loss, stats = clip_loss(model(px, mk[:1]), mk, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss))
+            if step == 1:
+                first_loss = float(loss)
+            if step % t.log_every == 0 or step == t.steps:
+                writer.writerow([step, f"{np.mean(losses[-t.log_every:]):.5f}", *(f"{stats[k]:.5f}" for k in ("focal", "dice", "iou", "object_score")),
+                                 f"{scheduler.get_last_lr()[0]:.3g}", f"{time.perf_counter() - t0:.1f}"])
+                fh.flush()
+            if step % t.validate_every == 0 or step == t.steps:
+                summary = validate(model, val_clips)
+                history.append({"step": step, **summary})
+                with (out / "validation.jsonl").open("a") as vf:
+                    vf.write(json.dumps({"step": step, **summary}) + "\n")
+                info = {"recipe": "tracker", "step": step, "validation": summary, "config": asdict(cfg)}
+                if summary["dice"] > best:
+                    best = summary["dice"]
+                    save_checkpoint(best_dir, ckpt, info=info)
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                         "step": step, "history": history, "best": best}
+                save_checkpoint(last, ckpt, info=info, trainer_state=state)
+    return TrackerTrainResult(str(out), step, first_loss, float(np.mean(losses[-t.log_every:])) if losses else float("nan"),
+                              best, initial, time.perf_counter() - t0)
+
+
+def _resume_model(cfg: TrackerTrainConfig, last: Path):
+    """The model block pointing at last/ (the run's own weights), for --resume."""
+    import dataclasses
+
+    if not (last / TRAINER_STATE).is_file():
+        raise InputError(f"{last} has no {TRAINER_STATE}; nothing to resume")
+    return dataclasses.replace(cfg.model, checkpoint=str(last), random=None)
