@@ -1,14 +1,14 @@
 """The tracker recipe's typed config (YAML like the image recipe's, validated by the same builder).
 
-    output_dir: runs/brain-tracker
-    model: {checkpoint: runs/brain/best}          # a Sam3VideoModel (detector + tracker)
-    data:
-      volumes:
-        - {image: ch2bet.nii.gz, label: aal.nii.gz, labels: {71: caudate, 72: caudate}, axes: [axial]}
-      videos:
-        - {frames: clip1/frames, masks: clip1/masks, labels: {1: polyp}}
-    clip: {length: 8, stride: 4}
-    train: {steps: 2000, lr: 1e-4}
+output_dir: runs/brain-tracker
+model: {checkpoint: runs/brain/best}          # a Sam3VideoModel (detector + tracker)
+data:
+  volumes:
+    - {image: ch2bet.nii.gz, label: aal.nii.gz, labels: {71: caudate, 72: caudate}, axes: [axial]}
+  videos:
+    - {frames: clip1/frames, masks: clip1/masks, labels: {1: polyp}}
+clip: {length: 8, stride: 4}
+train: {steps: 2000, lr: 1e-4}
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class TrackerLoopConfig:
 
 @dataclass(frozen=True)
 class TrackerTrainConfig:
+    model: ModelConfig  # a Sam3VideoModel checkpoint, or model.random with video: true
     output_dir: str = "runs/tracker"
-    model: ModelConfig = field(default_factory=ModelConfig)
     data: TrackerDataConfig = field(default_factory=TrackerDataConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     train: TrackerLoopConfig = field(default_factory=TrackerLoopConfig)
@@ -114,6 +114,17 @@ def tracker_config(data: dict[str, Any], base_dir: str | Path | None = None) -> 
     return _resolve_paths(cfg, Path(base_dir)) if base_dir is not None else cfg
 
 
-def load_tracker_config(path: str | Path) -> TrackerTrainConfig:
+def load_tracker_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrackerTrainConfig:
+    """Read a YAML tracker config; `overrides` ({"train.steps": 10}) replace single keys."""
     data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a tracker training config is a YAML mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{dotted}': '{part}' is not a mapping in {path}")
+        node[parts[-1]] = value
     return tracker_config(data, Path(path).resolve().parent)

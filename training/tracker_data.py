@@ -68,7 +68,9 @@ def _runs(
     present = set(np.unique(labelmaps).tolist()) - {0}
     unknown = sorted(present - set(labels))
     if unknown:
-        raise InputError(f"{key}: label {unknown[0]} is not in the label-to-text dictionary (labels: {', '.join(map(str, sorted(labels)))})")
+        raise InputError(
+            f"{key}: label {unknown[0]} is not in the label-to-text dictionary (labels: {', '.join(map(str, sorted(labels)))})"
+        )
     for concept, values in _concept_labels(labels).items():
         masks = np.isin(labelmaps, values)
         for start in range(0, frames.shape[0] - length + 1, stride):

@@ -157,7 +157,7 @@ def clip_loss(out: ClipOutput, masks: torch.Tensor, w: TrackerLossWeights | None
         terms["iou"].append(F.l1_loss(out.iou[t].float(), real_iou, reduction="sum") / 3)
     n = max(len(out.low_res) - 1, 1)
     total = sum(getattr(w, k) * torch.stack(v).sum() / n for k, v in terms.items() if v)
-    stats = {k: float(torch.stack(v).mean()) if v else 0.0 for k, v in terms.items()}
+    stats = {k: float(torch.stack(v).detach().mean()) if v else 0.0 for k, v in terms.items()}
     return total, stats
 
 
@@ -177,4 +177,12 @@ def propagation_dice(out: ClipOutput, masks: torch.Tensor) -> tuple[float, list[
     return (200 * inter / total if total else 100.0), per_frame
 
 
-__all__ = ["NO_OBJ_SCORE", "ClipOutput", "TrackerLossWeights", "TrackerTrainingModel", "clip_loss", "propagation_dice", "trainable_parameters"]
+__all__ = [
+    "NO_OBJ_SCORE",
+    "ClipOutput",
+    "TrackerLossWeights",
+    "TrackerTrainingModel",
+    "clip_loss",
+    "propagation_dice",
+    "trainable_parameters",
+]

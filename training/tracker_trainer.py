@@ -41,6 +41,7 @@ class TrackerTrainResult:
     last_loss: float
     best_dice: float
     initial_dice: float
+    history: list[dict[str, Any]]
     seconds: float
 
 
@@ -63,24 +64,29 @@ def load_clips(cfg: TrackerTrainConfig) -> list[Clip]:
                 window=v.window,
             )
     for d in cfg.data.videos:
-        clips += video_clips(d.frames, d.masks, dict(d.labels), length=c.length, stride=c.stride, block=c.split_block, min_pixels=c.min_pixels)
+        clips += video_clips(
+            d.frames, d.masks, dict(d.labels), length=c.length, stride=c.stride, block=c.split_block, min_pixels=c.min_pixels
+        )
     if not clips:
         raise InputError("the tracker config yields no clips: add data.volumes or data.videos whose first clip frames show a concept")
     return clips
 
 
-def validate(model: TrackerTrainingModel, clips: list[Clip]) -> dict[str, Any]:
-    """Pooled propagation Dice (%) per concept and overall, from ground-truth first frames."""
+def validate(model: TrackerTrainingModel, clips: list[Clip], weights: TrackerLossWeights | None = None) -> dict[str, Any]:
+    """Propagation Dice (%) per concept (mean over its clips) and overall, from ground-truth first frames, and the mean loss."""
     per: dict[str, list[float]] = {}
+    losses = []
     model.eval()
     with torch.no_grad():
         for clip in clips:
             px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
-            dice, _ = propagation_dice(model(px, mk[:1]), mk)
-            per.setdefault(clip.concept, []).append(dice)
+            out = model(px, mk[:1])
+            per.setdefault(clip.concept, []).append(propagation_dice(out, mk)[0])
+            losses.append(float(clip_loss(out, mk, weights)[0]))
     model.train()
     concepts = {k: float(np.mean(v)) for k, v in sorted(per.items())}
-    return {"dice": float(np.mean(list(concepts.values()))) if concepts else 0.0, "concepts": concepts, "clips": len(clips)}
+    mean_dice = float(np.mean(list(concepts.values()))) if concepts else 0.0
+    return {"dice": mean_dice, "loss": float(np.mean(losses)) if losses else 0.0, "concepts": concepts, "clips": len(clips)}
 
 
 def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTrainResult:
@@ -121,9 +127,9 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, history, best = int(state["step"]), list(state["history"]), float(state["best"])
-    initial = history[0]["dice"] if history else validate(model, val_clips)["dice"]
     if not history:
-        history.append({"step": 0, "dice": initial})
+        history.append({"step": 0, **validate(model, val_clips, weights)})
+    initial = history[0]["dice"]
     rng = np.random.default_rng(t.seed)  # epoch after epoch, a fresh permutation of the clips
     order = np.concatenate([rng.permutation(len(train_clips)) for _ in range(t.steps // len(train_clips) + 1)])
     csv_path = out / "metrics.csv"
@@ -145,15 +151,22 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
             optimizer.step()
             scheduler.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step == 1:
-                first_loss = float(loss)
+                first_loss = losses[0]
             if step % t.log_every == 0 or step == t.steps:
-                writer.writerow([step, f"{np.mean(losses[-t.log_every:]):.5f}", *(f"{stats[k]:.5f}" for k in ("focal", "dice", "iou", "object_score")),
-                                 f"{scheduler.get_last_lr()[0]:.3g}", f"{time.perf_counter() - t0:.1f}"])
+                writer.writerow(
+                    [
+                        step,
+                        f"{np.mean(losses[-t.log_every :]):.5f}",
+                        *(f"{stats[k]:.5f}" for k in ("focal", "dice", "iou", "object_score")),
+                        f"{scheduler.get_last_lr()[0]:.3g}",
+                        f"{time.perf_counter() - t0:.1f}",
+                    ]
+                )
                 fh.flush()
             if step % t.validate_every == 0 or step == t.steps:
-                summary = validate(model, val_clips)
+                summary = validate(model, val_clips, weights)
                 history.append({"step": step, **summary})
                 with (out / "validation.jsonl").open("a") as vf:
                     vf.write(json.dumps({"step": step, **summary}) + "\n")
@@ -161,11 +174,25 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
                 if summary["dice"] > best:
                     best = summary["dice"]
                     save_checkpoint(best_dir, ckpt, info=info)
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                         "step": step, "history": history, "best": best}
+                state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "step": step,
+                    "history": history,
+                    "best": best,
+                }
                 save_checkpoint(last, ckpt, info=info, trainer_state=state)
-    return TrackerTrainResult(str(out), step, first_loss, float(np.mean(losses[-t.log_every:])) if losses else float("nan"),
-                              best, initial, time.perf_counter() - t0)
+    return TrackerTrainResult(
+        str(out),
+        step,
+        first_loss,
+        float(np.mean(losses[-t.log_every :])) if losses else float("nan"),
+        best,
+        initial,
+        history,
+        time.perf_counter() - t0,
+    )
 
 
 def _resume_model(cfg: TrackerTrainConfig, last: Path):
