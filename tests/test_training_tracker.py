@@ -176,3 +176,21 @@ def test_cli_runs_the_tracker_recipe_from_yaml(label_volume: Path, tmp_path: Pat
     bad = cli("train", "--recipe", "tracker", "--config", str(tmp_path / "tracker.yaml"), "--set", "clip.lenght=3")
     assert bad.returncode != 0 and "unknown key 'clip.lenght'; did you mean 'length'?" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_detector_prompted_clips(label_volume: Path, tmp_path: Path) -> None:
+    """clip.prompt: detector starts each clip from the frozen detector's mask (the truth where it finds nothing)."""
+    import dataclasses
+
+    from medsam3_training.tracker_trainer import train_tracker
+
+    cfg = _config(label_volume, tmp_path / "run", steps=2, validate_every=2)
+    cfg = dataclasses.replace(
+        cfg,
+        clip=dataclasses.replace(cfg.clip, prompt="detector"),
+        train=dataclasses.replace(cfg.train, val_max_clips=3),
+    )
+    result = train_tracker(cfg)
+    last = result.history[-1]
+    assert last["clips"] == 3 and last["truth_prompted"] < 3  # the detector prompted at least one clip
+    assert 0 <= last["dice"] <= 100

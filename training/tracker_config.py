@@ -55,8 +55,13 @@ class ClipConfig:
     stride: int = 4  # start a clip every n frames
     split_block: int = 16  # start positions per split group (>= length: no frame on both sides)
     min_pixels: int = 50  # the first frame's mask must have this many pixels (it is the prompt)
+    # truth: frame 0 is prompted with its ground-truth mask; detector: with the frozen detector's
+    # top-1 mask for the concept's text (as a streamed video starts), the truth where it finds nothing
+    prompt: str = "truth"
 
     def __post_init__(self) -> None:
+        if self.prompt not in ("truth", "detector"):
+            raise ConfigError(f"clip.prompt must be truth or detector, got {self.prompt!r}")
         if self.length < 2:
             raise ConfigError(f"clip.length must be >= 2 (a prompted frame and a tracked one), got {self.length}")
         if self.stride < 1:

@@ -72,21 +72,59 @@ def load_clips(cfg: TrackerTrainConfig) -> list[Clip]:
     return clips
 
 
-def validate(model: TrackerTrainingModel, clips: list[Clip], weights: TrackerLossWeights | None = None) -> dict[str, Any]:
+class DetectorPrompt:
+    """Frame-0 prompts from the frozen detector: its top-1 mask for the concept's text.
+
+    Where the detector finds nothing, the ground truth prompts the clip (a tracker cannot start
+    from an empty mask); `fallbacks` counts those clips.
+    """
+
+    def __init__(self, detector: torch.nn.Module, model_dir: Path | None, prompt_semantics: str) -> None:
+        from medsam3_export.tokenizer_files import checkpoint_tokenizer
+
+        from .evaluate import TorchPredictor
+
+        tok, _ = checkpoint_tokenizer(model_dir if model_dir is not None and model_dir.is_dir() else None)
+        self.predictor = TorchPredictor(detector, tok, prompt_semantics=prompt_semantics)
+        self.fallbacks = 0
+        self.prompts = 0
+
+    def __call__(self, clip: Clip, truth: torch.Tensor) -> torch.Tensor:
+        self.prompts += 1
+        mask = self.predictor.predict(clip.frames[0], [clip.concept]).masks[0]
+        if not mask.any():
+            self.fallbacks += 1
+            return truth
+        t = torch.from_numpy(mask.astype(np.float32))[None, None]
+        return (torch.nn.functional.interpolate(t, size=truth.shape[-2:], mode="area") > 0.5).float()
+
+
+def first_mask(clip: Clip, masks: torch.Tensor, prompt: DetectorPrompt | None) -> torch.Tensor:
+    """(1, 1, m, m) prompt of frame 0: the ground truth, or the detector's mask."""
+    return masks[:1] if prompt is None else prompt(clip, masks[:1])
+
+
+def validate(
+    model: TrackerTrainingModel, clips: list[Clip], weights: TrackerLossWeights | None = None, prompt: DetectorPrompt | None = None
+) -> dict[str, Any]:
     """Propagation Dice (%) per concept (mean over its clips) and overall, from ground-truth first frames, and the mean loss."""
     per: dict[str, list[float]] = {}
     losses = []
+    fallbacks = prompt.fallbacks if prompt is not None else 0
     model.eval()
     with torch.no_grad():
         for clip in clips:
             px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
-            out = model(px, mk[:1])
+            out = model(px, first_mask(clip, mk, prompt))
             per.setdefault(clip.concept, []).append(propagation_dice(out, mk)[0])
             losses.append(float(clip_loss(out, mk, weights)[0]))
     model.train()
     concepts = {k: float(np.mean(v)) for k, v in sorted(per.items())}
     mean_dice = float(np.mean(list(concepts.values()))) if concepts else 0.0
-    return {"dice": mean_dice, "loss": float(np.mean(losses)) if losses else 0.0, "concepts": concepts, "clips": len(clips)}
+    summary = {"dice": mean_dice, "loss": float(np.mean(losses)) if losses else 0.0, "concepts": concepts, "clips": len(clips)}
+    if prompt is not None:  # clips the detector found nothing on (prompted with the truth instead)
+        summary["truth_prompted"] = prompt.fallbacks - fallbacks
+    return summary
 
 
 def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTrainResult:
@@ -118,6 +156,11 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, max(t.steps, 1)))
     weights = TrackerLossWeights(focal=t.focal, dice=t.dice, iou=t.iou, object_score=t.object_score)
+    prompt = None
+    src = Path(cfg.model.checkpoint) if cfg.model.checkpoint else None
+    tokenizer_dir = src if src is not None and src.is_dir() and any((src / f).is_file() for f in ("tokenizer.json", "vocab.json")) else None
+    if cfg.clip.prompt == "detector":
+        prompt = DetectorPrompt(ckpt.video.detector_model, src, cfg.model.prompt_semantics)
 
     step, history, best = 0, [], -1.0
     torch.manual_seed(t.seed)
@@ -128,7 +171,7 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
         set_rng_state(state["rng"])
         step, history, best = int(state["step"]), list(state["history"]), float(state["best"])
     if not history:
-        history.append({"step": 0, **validate(model, val_clips, weights)})
+        history.append({"step": 0, **validate(model, val_clips, weights, prompt)})
     initial = history[0]["dice"]
     rng = np.random.default_rng(t.seed)  # epoch after epoch, a fresh permutation of the clips
     order = np.concatenate([rng.permutation(len(train_clips)) for _ in range(t.steps // len(train_clips) + 1)])
@@ -143,7 +186,7 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
         while step < t.steps:
             clip = train_clips[int(order[step])]
             px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
-            loss, stats = clip_loss(model(px, mk[:1]), mk, weights)
+            loss, stats = clip_loss(model(px, first_mask(clip, mk, prompt)), mk, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -166,14 +209,14 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
                 )
                 fh.flush()
             if step % t.validate_every == 0 or step == t.steps:
-                summary = validate(model, val_clips, weights)
+                summary = validate(model, val_clips, weights, prompt)
                 history.append({"step": step, **summary})
                 with (out / "validation.jsonl").open("a") as vf:
                     vf.write(json.dumps({"step": step, **summary}) + "\n")
                 info = {"recipe": "tracker", "step": step, "validation": summary, "config": asdict(cfg)}
                 if summary["dice"] > best:
                     best = summary["dice"]
-                    save_checkpoint(best_dir, ckpt, info=info)
+                    save_checkpoint(best_dir, ckpt, info=info, tokenizer_dir=tokenizer_dir)
                 state = {
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
@@ -182,7 +225,7 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
                     "history": history,
                     "best": best,
                 }
-                save_checkpoint(last, ckpt, info=info, trainer_state=state)
+                save_checkpoint(last, ckpt, info=info, tokenizer_dir=tokenizer_dir, trainer_state=state)
     return TrackerTrainResult(
         str(out),
         step,
