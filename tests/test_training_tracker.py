@@ -194,3 +194,28 @@ def test_detector_prompted_clips(label_volume: Path, tmp_path: Path) -> None:
     last = result.history[-1]
     assert last["clips"] == 3 and last["truth_prompted"] < 3  # the detector prompted at least one clip
     assert 0 <= last["dice"] <= 100
+
+
+def test_video_folders_give_the_same_clips_as_the_volume(label_volume: Path, tmp_path: Path) -> None:
+    """Frames + label-map masks on disk (PNG) are read into the same clips as the volume they came from."""
+    import cv2
+    from medsam3_training.data.sources import AXES, load_volume, take_slice, volume_to_uint8
+    from medsam3_training.tracker_data import video_clips, volume_clips
+
+    labels = {i: c for i, c in enumerate(CONCEPTS, 1)}
+    vol = volume_clips(TEMPLATES / "ch2bet.nii.gz", label_volume, labels, length=4, stride=4, block=8, step=6)
+
+    t1 = volume_to_uint8(load_volume(TEMPLATES / "ch2bet.nii.gz")[0], None)
+    lab = load_volume(label_volume)[0]
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "masks").mkdir()
+    for k, i in enumerate(range(0, t1.shape[AXES["axial"]], 6)):
+        cv2.imwrite(str(tmp_path / "frames" / f"f{k:03d}.png"), take_slice(t1, "axial", i))
+        cv2.imwrite(str(tmp_path / "masks" / f"f{k:03d}.png"), take_slice(lab, "axial", i).astype(np.uint8))
+    vid = video_clips(tmp_path / "frames", tmp_path / "masks", labels, length=4, stride=4, block=8)
+    assert [(c.concept, c.name.split(":")[-1]) for c in vid] == [(c.concept, c.name.split(":")[-1]) for c in vol]
+    for a, b in zip(vid, vol):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.masks, b.masks)
+    (tmp_path / "masks" / "f000.png").unlink()
+    with pytest.raises(InputError, match="f000.png: no mask named f000"):
+        video_clips(tmp_path / "frames", tmp_path / "masks", labels)
