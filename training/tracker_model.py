@@ -83,8 +83,12 @@ class TrackerTrainingModel(nn.Module):
     def vision(self, pixels: torch.Tensor) -> object:
         """The frozen detector ViT, one frame at a time (the runtime's batch is one frame too)."""
         det = self.video.detector_model
-        outs = [det.get_vision_features(pixel_values=pixels[i : i + 1]) for i in range(pixels.shape[0])]
-        return outs
+        was_training = det.training
+        det.eval()  # frozen: no dropout, whatever mode the tracker is in
+        try:
+            return [det.get_vision_features(pixel_values=pixels[i : i + 1]) for i in range(pixels.shape[0])]
+        finally:
+            det.train(was_training)
 
     def _memory(self, feats: tuple, logits: torch.Tensor, binarize: bool, score: torch.Tensor) -> torch.Tensor:
         size = (16 * self.step_graph.feat[0],) * 2  # graph_contract.memory_mask_size
