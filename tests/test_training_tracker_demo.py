@@ -35,3 +35,16 @@ def test_tracker_stage_keeps_the_detector_and_trains_the_tracker(tmp_path: Path)
     before = dict(start.video.tracker_model.named_parameters())
     moved = [n for n, p in trained.video.tracker_model.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) > 10
+
+    # export takes the tracker checkpoint: tracker graphs, within the 30 MB budget of the bundled model
+    from medsam3_rt.demo import run_demo
+
+    export = R.stage_export(tmp_path, threads=1)
+    names = {p.name for p in export.glob("*.onnx")}
+    assert {"tracker_init.onnx", "tracker_step.onnx", "memory_encoder.onnx"} <= names
+    assert sum(p.stat().st_size for p in export.rglob("*") if p.is_file()) < 30e6
+    # the demo tracks the sample volume through the memory and, next to it, detects per slice
+    result = run_demo(tmp_path / "demo", model_dir=export)
+    assert result.volume_mode == "tracker"
+    kinds = [r.kind for r in result.rows]
+    assert kinds.count("volume") == kinds.count("volume-detect") == 3
