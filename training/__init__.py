@@ -25,6 +25,9 @@ _EXPORTS = {
     "TorchPredictor": "evaluate",
     "RuntimePredictor": "evaluate",
     "write_report": "evaluate",
+    "TrackerTrainConfig": "tracker_config",
+    "load_tracker_config": "tracker_config",
+    "train_tracker": "tracker_trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -110,7 +110,13 @@ class RichProgress:
             self.bar = None
 
 
-def train_command(config: str | None, *, resume: bool, output: str | None, overrides: list[str], print_config: bool) -> None:
+def train_command(
+    config: str | None, *, resume: bool, output: str | None, overrides: list[str], print_config: bool, recipe: str = "image"
+) -> None:
+    if recipe not in ("image", "tracker"):
+        raise UsageError(f"--recipe must be image or tracker, got {recipe!r}")
+    if recipe == "tracker":
+        return _train_tracker(config, resume=resume, output=output, overrides=overrides, print_config=print_config)
     if print_config:
         out_console.print(default_yaml(), end="", highlight=False, markup=False, soft_wrap=True)
         return
@@ -124,6 +130,32 @@ def train_command(config: str | None, *, resume: bool, output: str | None, overr
 
     progress = RichProgress() if _is_main_process() else Progress()
     train(cfg, resume=resume, progress=progress)  # type: ignore[arg-type]
+
+
+def _train_tracker(config: str | None, *, resume: bool, output: str | None, overrides: list[str], print_config: bool) -> None:
+    from dataclasses import asdict
+
+    from .config import ModelConfig
+    from .tracker_config import TrackerTrainConfig, load_tracker_config
+
+    if print_config:
+        example = TrackerTrainConfig(model=ModelConfig(checkpoint="checkpoints/sam3-video"))
+        text = yaml_module().safe_dump(asdict(example), sort_keys=False)
+        out_console.print(text, end="", highlight=False, markup=False, soft_wrap=True)
+        return
+    if config is None:
+        raise UsageError("give the tracker run's YAML with --config (see `medsam3-rt train --recipe tracker --print-config`)")
+    sets = parse_overrides(overrides)
+    if output is not None:
+        sets["output_dir"] = str(Path(output).resolve())
+    cfg = load_tracker_config(config, sets)
+    from .tracker_trainer import train_tracker
+
+    r = train_tracker(cfg, resume=resume)
+    say(
+        f"done: {r.steps} steps in {r.seconds:.0f} s; loss {r.first_loss:.3f} -> {r.last_loss:.3f}; "
+        f"held-out propagation Dice {r.initial_dice:.1f} -> best {r.best_dice:.1f} in {r.output_dir}/best"
+    )
 
 
 def _split_for(checkpoint: Path, config_output: Path | None) -> Path | None:

@@ -27,9 +27,10 @@ def train_command(
     print_config: bool = typer.Option(
         False, "--print-config", help="Print every config key with its default (the paper's recipe) and exit."
     ),
+    recipe: str = typer.Option("image", "--recipe", help="image: the detector (Medical SAM3); tracker: the video tracker on clips."),
 ) -> None:
-    """Fine-tune a SAM3 checkpoint with the Medical SAM3 recipe (also under torchrun for DDP)."""
-    _training_cli().train_command(config, resume=resume, output=output, overrides=overrides, print_config=print_config)
+    """Fine-tune a SAM3 checkpoint with the Medical SAM3 recipe (also under torchrun for DDP), or its tracker."""
+    _training_cli().train_command(config, resume=resume, output=output, overrides=overrides, print_config=print_config, recipe=recipe)
 
 
 @eval_app.command("eval", no_args_is_help=True)

@@ -30,7 +30,9 @@ def demo(
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in result.rows:
         table.add_row(
-            "2D slice" if r.kind == "slice" else "3D volume",
+            {"slice": "2D slice", "volume-detect": "3D per-slice"}.get(
+                r.kind, "3D tracked" if result.volume_mode == "tracker" else "3D volume"
+            ),
             r.prompt,
             "-" if r.score is None else f"{r.score:.3f}",
             f"{100 * r.dice:.1f}",

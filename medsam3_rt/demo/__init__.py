@@ -67,7 +67,7 @@ def report_summary() -> dict[str, Any] | None:
 @dataclass(frozen=True)
 class DemoRow:
     input: str
-    kind: str  # "slice" | "volume"
+    kind: str  # "slice" | "volume" (tracked with a tracker, else per-slice) | "volume-detect" (per-slice, next to tracking)
     prompt: str
     score: float | None  # 2D: the detection score; 3D: None (per-slice scores vary)
     dice: float
@@ -92,10 +92,11 @@ def _key(concept: str) -> str:
     return concept.replace(" ", "_")
 
 
-def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None = None) -> DemoResult:
+def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None = None, model_dir: str | Path | None = None) -> DemoResult:
     """Segment the sample slice and volume, write overlays into `output`, score against the atlas masks.
 
-    Files the demo writes in `output` are rewritten on every run.
+    With a tracker in the model, the volume is also segmented per slice, so the two modes are
+    compared on the same slices. Files the demo writes in `output` are rewritten on every run.
     """
     import nibabel as nib
 
@@ -111,7 +112,8 @@ def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None =
     info = sample_info()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    seg = load(demo_model_dir(), backend, threads=threads)
+    model_path = Path(model_dir) if model_dir is not None else demo_model_dir()
+    seg = load(model_path, backend, threads=threads)
     rows: list[DemoRow] = []
     files: list[Path] = []
     try:
@@ -149,15 +151,18 @@ def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None =
         options = StreamOptions(detection_threshold=v["detection_threshold"]) if "detection_threshold" in v else None
         mode = "track" if seg.manifest.has_tracker else "detect"  # said in the summary, no warning needed
         vres = seg.segment_volume(vol_path, vprompts, axis=v["axis"], window=window, mode=mode, options=options)
-        vstem = v["image"].removesuffix(".nii.gz")
-        for k, p in enumerate(vprompts):
-            truth = np.asanyarray(nib.load(str(SAMPLES_DIR / v["masks"][p])).dataobj) > 0
-            pred = vres.labels == k + 1
-            rows.append(
-                DemoRow(
-                    v["image"], "volume", p, None, metrics.dice(pred, truth), metrics.iou(pred, truth), int(pred.sum()), int(truth.sum())
-                )
+        runs = [("volume", vres)]
+        if mode == "track":  # the same volume per slice, for comparison
+            runs.append(
+                ("volume-detect", seg.segment_volume(vol_path, vprompts, axis=v["axis"], window=window, mode="detect", options=options))
             )
+        vstem = v["image"].removesuffix(".nii.gz")
+        for kind, r in runs:
+            for k, p in enumerate(vprompts):
+                truth = np.asanyarray(nib.load(str(SAMPLES_DIR / v["masks"][p])).dataobj) > 0
+                pred = r.labels == k + 1
+                dice, iou = metrics.dice(pred, truth), metrics.iou(pred, truth)
+                rows.append(DemoRow(v["image"], kind, p, None, dice, iou, int(pred.sum()), int(truth.sum())))
         volume = read_nifti(vol_path, v["axis"])
         labels_path = out / f"{vstem}.labels.nii.gz"
         write_label_volume(labels_path, vres.labels, volume)
@@ -184,7 +189,7 @@ def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None =
             timings_ms={**{f"slice.{k}": v for k, v in res.timings_ms.items()}, **{f"volume.{k}": v for k, v in vres.timings_ms.items()}},
         )
         summary = {
-            "model": str(demo_model_dir()),
+            "model": str(model_path),
             "backend": result.backend,
             "volume_mode": result.volume_mode,
             "note": NO_TRACKER_NOTE if result.volume_mode != "tracker" else None,

@@ -88,6 +88,7 @@ SLICE_AXES = ("axial", "coronal", "sagittal")
 IMAGE_SOURCES = ("ch2", "ch2bet")
 PRESET = "demo"
 STEPS = 1000
+TRACKER_STEPS = 1500
 BATCH = 8
 TRAIN_STRIDE = 2
 SPLIT_BLOCK = 10
@@ -297,8 +298,107 @@ def stage_export(work: Path, *, threads: int) -> Path:
     _set_threads(threads)
     out = work / "export"
     options = ExportOptions(overwrite=True, prompt_semantics=PROMPT_SEMANTICS)
-    export_model(work / "run" / "best", out, options=options, progress=_say)
+    # with a trained tracker (stage `tracker`), the video checkpoint: detector + tracker graphs
+    source = work / "tracker" / "best" if (work / "tracker" / "best" / "config.json").is_file() else work / "run" / "best"
+    export_model(source, out, options=options, progress=_say)
     return out
+
+
+# ---- tracker ----------------------------------------------------------------------------------
+
+TRACKER_CONCEPTS = tuple(c for c in CONCEPTS if c != "brain")  # disjoint: one label volume holds them all
+
+
+def tracker_labels(work: Path) -> Path:
+    """The tracker concepts of Colin27 as one label NIfTI on its grid (value i + 1 = TRACKER_CONCEPTS[i])."""
+    import nibabel as nib
+
+    from ..data.mricron import MricronSource
+
+    src = MricronSource(colin_spec(("ch2",), stride=1))
+    vols = src.volumes
+    lab = np.zeros(vols["aal"].shape, np.uint8)
+    for i, concept in enumerate(TRACKER_CONCEPTS, 1):
+        m = vols[concept] if concept in vols else np.isin(vols["aal"], src.groups[concept])
+        lab[m & (lab == 0)] = i
+    out = work / "tracker-data" / "colin27_concepts.nii.gz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    aal = nib.load(MRICRON / "aal.nii.gz")
+    nib.save(nib.Nifti1Image(lab, aal.affine), out)
+    return out
+
+
+def tracker_start(work: Path) -> Path:
+    """A demo-preset Sam3VideoModel whose detector is the trained one (run/best) and whose tracker is random."""
+    from medsam3_export import load_checkpoint, random_checkpoint
+
+    from ..checkpoints import TOKENIZER_FILES
+
+    trained = load_checkpoint(work / "run" / "best")
+    video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
+    video.detector_model.load_state_dict(trained.detector.state_dict(), strict=True)  # same preset: every key matches
+    out = work / "tracker-start"
+    video.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (work / "run" / "best" / name).is_file():
+            shutil.copy2(work / "run" / "best" / name, out / name)
+    return out
+
+
+def tracker_config_dict(work: Path, start: Path, labels: Path, *, steps: int, smoke: bool) -> dict[str, Any]:
+    """Clips of 4 slices 2 mm apart along the three axes of Colin27 (T1 and skull-stripped)."""
+    volumes = [
+        {
+            "image": str(MRICRON / f"{src}.nii.gz"),
+            "label": str(labels),
+            "labels": {i: c for i, c in enumerate(TRACKER_CONCEPTS, 1)},
+            "axes": list(SLICE_AXES),
+            "slice_step": 2,
+        }
+        for src in IMAGE_SOURCES
+    ]
+    return {
+        "output_dir": str(work / "tracker"),
+        "model": {"checkpoint": str(start), "prompt_semantics": PROMPT_SEMANTICS},
+        "data": {"volumes": volumes, "val_fraction": 0.15, "split_seed": 42},
+        "clip": {"length": 4, "stride": 8 if smoke else 2, "split_block": 5},
+        "train": {
+            "steps": steps,
+            "lr": 3e-4,
+            "warmup_steps": 2 if smoke else 20,
+            "validate_every": steps if smoke else 100,
+            "log_every": 1 if smoke else 10,
+            "grad_clip": 1.0,
+            "dice": 5.0,
+            "val_max_clips": 4 if smoke else 120,
+        },
+    }
+
+
+def stage_tracker(work: Path, *, steps: int, threads: int, smoke: bool) -> dict[str, Any]:
+    """Train the tracker on top of the trained, frozen detector (the tracker recipe, `--recipe tracker`)."""
+    from ..tracker_config import tracker_config
+    from ..tracker_trainer import train_tracker
+
+    _set_threads(threads)
+    labels = tracker_labels(work)
+    start = tracker_start(work)
+    cfg = tracker_config(tracker_config_dict(work, start, labels, steps=steps, smoke=smoke))
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = train_tracker(cfg)
+    info = {
+        "steps": result.steps,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1),
+        "torch_threads": threads,
+        "initial_dice": result.initial_dice,
+        "best_dice": result.best_dice,
+        "history": result.history,
+    }
+    (work / "tracker.json").write_text(json.dumps(json_safe(info), indent=1))
+    dice = f"{result.initial_dice:.1f} -> {result.best_dice:.1f}"
+    _say(f"tracker: {result.steps} steps in {info['wall_s']:.0f} s; held-out propagation Dice {dice}")
+    return info
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -708,9 +808,10 @@ def stage_package(work: Path, *, dest: Path = DEMO_DIR) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medsam3_training.recipes.demo_brain", description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=("train", "export", "evaluate", "package", "all"))
+    ap.add_argument("stage", choices=("train", "tracker", "export", "evaluate", "package", "all"))
     ap.add_argument("--work", default="runs/demo-brain", help="working folder (run, export, report)")
     ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--tracker-steps", type=int, default=TRACKER_STEPS, help="tracker stage steps (one 4-slice clip each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--resume", action="store_true", help="continue the run in WORK/run from its last/ state")
     ap.add_argument("--smoke", action="store_true", help="a few steps on a few slices (checks the plumbing)")
@@ -721,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.stage in ("train", "all"):
         stage_train(work, steps=args.steps, threads=args.threads, resume=args.resume, smoke=args.smoke)
+    if args.stage in ("tracker", "all"):
+        stage_tracker(work, steps=2 if args.smoke else args.tracker_steps, threads=args.threads, smoke=args.smoke)
     if args.stage in ("export", "all"):
         stage_export(work, threads=args.threads)
     if args.stage in ("evaluate", "all"):

@@ -1,0 +1,192 @@
+"""The SAM3 tracker unrolled over a clip, differentiably, with the graphs the runtime exports.
+
+A clip is propagated exactly as `medsam3_rt.tracker` streams it: frame 0 is a new object
+from its mask (`TrackerInitGraph`, what a detection or a user mask does), its memory is
+encoded (`MemoryEncoderGraph`, binarised), and every later frame runs one memory-conditioned
+step (`TrackerStepGraph`) over the conditioning memory, the last `num_maskmem - 1` frames'
+memories and the last `max_object_pointers - 1` object pointers, then encodes its own mask
+(sigmoid). The graphs are the export's wrappers around transformers' own modules, so what is
+trained here is what the exported tracker runs; gradients flow through the memories, as in
+SAM2's training (no truncation inside a clip).
+
+Losses per tracked frame (SAM2's video recipe): focal (alpha 0.25, gamma 2) + dice on the
+multimask output closest to the truth (the others are not pushed), L1 between each
+predicted IoU and the real IoU of its mask, and binary cross-entropy of the object-score
+logit against "object present". Mask and IoU terms only count on frames where the object is
+present. The detector's ViT is frozen (its features are computed without gradients); the
+tracker neck and the whole tracker train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from medsam3_export.graphs.image_backbone import tracker_features
+from medsam3_export.graphs.tracker import NO_OBJ_SCORE, MemoryEncoderGraph, TrackerInitGraph, TrackerStepGraph
+from torch import nn
+from torch.nn import functional as F
+
+from .losses import dice_per_row, sigmoid_focal
+
+
+@dataclass(frozen=True)
+class TrackerLossWeights:
+    """SAM2's video-training weights (sam2.1 training config: mask 20, dice 1, iou 1, class 1)."""
+
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    object_score: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class ClipOutput:
+    """Per-frame results of one propagated clip (frame 0 is the prompt and carries no loss)."""
+
+    low_res: list[torch.Tensor]  # (1, 1, m, m) selected mask logits, as the runtime shows them
+    all_masks: list[torch.Tensor]  # (3, m, m) multimask logits of tracked frames (frame 0: empty)
+    iou: list[torch.Tensor]  # (3,) predicted IoU
+    score: list[torch.Tensor]  # (1,) object score logit
+
+
+def trainable_parameters(video: nn.Module) -> list[nn.Parameter]:
+    """The tracker and the tracker neck; the detector (ViT included) stays frozen."""
+    params = list(video.tracker_model.parameters()) + list(video.tracker_neck.parameters())
+    seen: set[int] = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+
+class TrackerTrainingModel(nn.Module):
+    """Clip pixel_values (T, 3, S, S) + first-frame mask -> `ClipOutput`."""
+
+    def __init__(self, video: nn.Module) -> None:
+        super().__init__()
+        self.video = video
+        self.init_graph = TrackerInitGraph(video)
+        self.step_graph = TrackerStepGraph(video)
+        self.memory_graph = MemoryEncoderGraph(video)
+        cfg = video.tracker_model.config
+        self.num_maskmem = int(cfg.num_maskmem)
+        self.max_pointers = int(cfg.max_object_pointers_in_encoder)
+        self.image_size = int(video.tracker_model.image_size)
+        self._decoder_out: list = []
+        video.tracker_model.mask_decoder.register_forward_hook(lambda _m, _a, out: self._decoder_out.append(out))
+
+    def low_res_size(self) -> int:
+        """Side of the low-resolution mask logits (4x the token grid, as graph_contract.mask_size)."""
+        return 4 * self.step_graph.feat[0]
+
+    @torch.no_grad()
+    def vision(self, pixels: torch.Tensor) -> object:
+        """The frozen detector ViT, one frame at a time (the runtime's batch is one frame too)."""
+        det = self.video.detector_model
+        was_training = det.training
+        det.eval()  # frozen: no dropout, whatever mode the tracker is in
+        try:
+            return [det.get_vision_features(pixel_values=pixels[i : i + 1]) for i in range(pixels.shape[0])]
+        finally:
+            det.train(was_training)
+
+    def _memory(self, feats: tuple, logits: torch.Tensor, binarize: bool, score: torch.Tensor) -> torch.Tensor:
+        size = (16 * self.step_graph.feat[0],) * 2  # graph_contract.memory_mask_size
+        big = F.interpolate(logits, size=size, mode="bilinear", align_corners=False, antialias=True)
+        flag = torch.full((logits.shape[0], 1), binarize, dtype=torch.bool, device=logits.device)
+        return self.memory_graph(feats[2], big, flag, score)
+
+    def forward(self, pixels: torch.Tensor, first_mask: torch.Tensor) -> ClipOutput:
+        """Propagate `first_mask` (1, 1, m, m) in {0, 1} from frame 0 through the clip."""
+        vis = self.vision(pixels)
+        t_len = pixels.shape[0]
+        feats = [tracker_features(self.video, v) for v in vis]
+        low, pointer, score = self.init_graph(*feats[0], first_mask)
+        out = ClipOutput([low], [low.new_zeros(0)], [low.new_zeros(0)], [score[0]])
+        mems = {0: self._memory(feats[0], low, True, score)}  # (1, HW, mem)
+        ptrs = {0: pointer}
+        norm = float(max(self.max_pointers - 1, 1))
+        for t in range(1, t_len):
+            m_list = [(self.num_maskmem - 1, mems[0])]
+            for k in range(self.num_maskmem - 1, 0, -1):
+                if t - k >= 1:
+                    m_list.append((k - 1, mems[t - k]))
+            p_list = [(t / norm, ptrs[0])]
+            for d in range(1, self.max_pointers):
+                if t - d >= 1:
+                    p_list.append((d / norm, ptrs[t - d]))
+            dev = pixels.device
+            mem_feats = torch.stack([m for _, m in m_list], dim=1)  # (1, M, HW, mem)
+            mem_tpos = torch.tensor([[r for r, _ in m_list]], dtype=torch.long, device=dev)
+            mem_valid = torch.ones_like(mem_tpos, dtype=torch.bool)
+            obj_ptrs = torch.stack([p for _, p in p_list], dim=1)  # (1, K, C)
+            ptr_tpos = torch.tensor([[o for o, _ in p_list]], dtype=torch.float32, device=dev)
+            ptr_valid = torch.ones_like(ptr_tpos, dtype=torch.bool)
+            self._decoder_out.clear()
+            low, iou, score, pointer = self.step_graph(*feats[t], mem_feats, mem_tpos, mem_valid, obj_ptrs, ptr_tpos, ptr_valid)
+            masks_all = self._decoder_out[-1][0][0, 0]  # (3, m, m) before the absent-object fill
+            out.low_res.append(low)
+            out.all_masks.append(masks_all)
+            out.iou.append(iou[0])
+            out.score.append(score[0])
+            mems[t] = self._memory(feats[t], low, False, score)
+            ptrs[t] = pointer
+        self._decoder_out.clear()
+        return out
+
+
+def clip_loss(out: ClipOutput, masks: torch.Tensor, w: TrackerLossWeights | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean over tracked frames of the weighted per-frame losses; masks (T, 1, m, m) in {0, 1}."""
+    w = w or TrackerLossWeights()
+    terms = {"focal": [], "dice": [], "iou": [], "object_score": []}
+    for t in range(1, len(out.low_res)):
+        target = masks[t, 0]
+        present = bool(target.sum() > 0)
+        obj = F.binary_cross_entropy_with_logits(out.score[t], torch.full_like(out.score[t], float(present)))
+        terms["object_score"].append(obj)
+        if not present:
+            continue
+        logits = out.all_masks[t]  # (3, m, m)
+        tgt = target.expand_as(logits)
+        focal = sigmoid_focal(logits, tgt, w.focal_alpha, w.focal_gamma).flatten(1).mean(1)  # (3,)
+        dice = dice_per_row(logits, tgt)  # (3,)
+        best = torch.argmin(w.focal * focal + w.dice * dice)
+        terms["focal"].append(focal[best])
+        terms["dice"].append(dice[best])
+        with torch.no_grad():
+            pred = logits > 0
+            inter = (pred & (tgt > 0)).flatten(1).sum(1).float()
+            union = (pred | (tgt > 0)).flatten(1).sum(1).float()
+            real_iou = inter / union.clamp(min=1)
+        terms["iou"].append(F.l1_loss(out.iou[t].float(), real_iou, reduction="sum") / 3)
+    n = max(len(out.low_res) - 1, 1)
+    total = sum(getattr(w, k) * torch.stack(v).sum() / n for k, v in terms.items() if v)
+    stats = {k: float(torch.stack(v).detach().mean()) if v else 0.0 for k, v in terms.items()}
+    return total, stats
+
+
+def propagation_dice(out: ClipOutput, masks: torch.Tensor) -> tuple[float, list[float]]:
+    """Dice (%) of the runtime-visible masks (logits > 0, absent object = empty) over tracked frames, pooled."""
+    inter = total = 0.0
+    per_frame = []
+    for t in range(1, len(out.low_res)):
+        pred = out.low_res[t][0, 0] > 0
+        if float(out.score[t]) <= 0:
+            pred = torch.zeros_like(pred)
+        tgt = masks[t, 0] > 0
+        i, s = float((pred & tgt).sum()), float(pred.sum() + tgt.sum())
+        inter += i
+        total += s
+        per_frame.append(200 * i / s if s else 100.0)
+    return (200 * inter / total if total else 100.0), per_frame
+
+
+__all__ = [
+    "NO_OBJ_SCORE",
+    "ClipOutput",
+    "TrackerLossWeights",
+    "TrackerTrainingModel",
+    "clip_loss",
+    "propagation_dice",
+    "trainable_parameters",
+]
