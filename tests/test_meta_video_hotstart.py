@@ -103,3 +103,37 @@ def test_creating_an_object_twice_is_refused() -> None:
     step = hotstart_step(HotstartState(), 0, {}, [0], [], [], HotstartConfig())
     with pytest.raises(ValueError, match="created twice"):
         hotstart_step(step.state, 1, {}, [0], [], [], HotstartConfig())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_matched_tracks_equals_meta_association(seed: int) -> None:
+    """Overlapping random blobs: the det -> tracks map and the empty tracks are Meta's."""
+    torch = pytest.importorskip("torch")
+    from medsam3_rt.tracker.hotstart import matched_tracks
+
+    rng = np.random.default_rng(seed)
+    m = 32
+
+    def blobs(n: int) -> np.ndarray:
+        out = np.full((n, m, m), -5.0, np.float32)
+        for i in range(n):
+            if rng.random() < 0.2:
+                continue  # an empty mask
+            y, x, h, w = rng.integers(0, 20), rng.integers(0, 20), rng.integers(4, 12), rng.integers(4, 12)
+            out[i, y : y + h, x : x + w] = rng.uniform(0.5, 5.0)
+        return out
+
+    trk = blobs(6)
+    det = np.concatenate([trk[:3] + rng.normal(0, 0.1, (3, m, m)).astype(np.float32), blobs(3)])
+    obj_ids = np.array([3, 5, 7, 8, 11, 12], np.int64)
+    meta_self = SimpleNamespace(assoc_iou_thresh=0.1, trk_assoc_iou_thresh=0.5, new_det_thresh=0.7, o2o_matching_masklets_enable=False)
+    scores = rng.uniform(0.5, 1.0, len(det)).astype(np.float32)
+    _, _, meta_map, _, meta_empty = video_base.Sam3VideoBase._associate_det_trk(
+        meta_self, torch.from_numpy(det), scores, torch.from_numpy(trk), obj_ids
+    )
+    ours, empty = matched_tracks(det, np.zeros(len(det), np.int64), trk, obj_ids, np.zeros(len(trk), np.int64), 0.1)
+    assert sorted(ours) == sorted(meta_map)
+    for d, objs in ours.items():
+        np.testing.assert_array_equal(objs, meta_map[d])
+    np.testing.assert_array_equal(empty, meta_empty)
+    assert any(len(v) for v in ours.values())  # some detections match tracks

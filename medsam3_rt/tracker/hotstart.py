@@ -18,6 +18,10 @@ import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from . import masks as mk
+
 
 @dataclass(frozen=True)
 class HotstartConfig:
@@ -109,3 +113,27 @@ def hotstart_step(
             newly.add(o)
     s.removed |= newly
     return HotstartStep(s, frozenset(newly), frozenset(suppressed))
+
+
+def matched_tracks(
+    det_masks: np.ndarray,
+    det_prompt_ids: np.ndarray,
+    trk_masks: np.ndarray,
+    trk_obj_ids: np.ndarray,
+    trk_prompt_ids: np.ndarray,
+    assoc_iou_thresh: float,
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """The association events `hotstart_step` reads that `policy.associate` does not return.
+
+    Returns (detection index -> ids of the tracks it overlaps at IoU >= assoc_iou_thresh, ids of
+    the tracks with an empty mask), as Meta's `_associate_det_trk` (det_to_matched_trk_obj_ids,
+    empty_trk_obj_ids). Meta tracks one prompt per video; here a detection only matches tracks
+    of its own prompt, which is Meta's rule whenever a single prompt is used.
+    """
+    trk_bin = trk_masks > 0
+    empty = trk_obj_ids[~trk_bin.any(axis=(1, 2))].astype(np.int64)
+    if len(trk_masks) == 0:
+        return {}, empty
+    ious = mk.mask_iou(det_masks > 0, trk_bin)
+    ious = np.where(det_prompt_ids[:, None] == trk_prompt_ids[None, :], ious, 0.0)
+    return {d: trk_obj_ids[ious[d] >= assoc_iou_thresh].astype(np.int64) for d in range(len(det_masks))}, empty
