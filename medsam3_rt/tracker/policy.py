@@ -10,8 +10,8 @@ these in order; the C++ library (cpp_bindings/src/policy.cpp) implements the sam
 and both are checked against the recorded frames in tests/golden/tracker_policy/.
 
 `PolicyConfig.mode` names the rule set. "transformers" reproduces `Sam3VideoModel` in
-streaming mode (the parity tests hold it to that); other modes (Meta's hot-start removal of
-unmatched and duplicate tracks) are meant to be added as further functions selected here.
+streaming mode (the parity tests hold it to that). Meta's hot-start removal of unmatched and
+duplicate tracks is in `hotstart.py`, checked against Meta's code but not yet selectable here.
 """
 
 from __future__ import annotations
