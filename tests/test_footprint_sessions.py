@@ -28,3 +28,23 @@ def test_lean_sessions_give_the_same_features(tiny_export: Path) -> None:
     assert outs[0].keys() == outs[1].keys()
     for name in outs[0]:
         np.testing.assert_allclose(outs[1][name], outs[0][name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_text_encoder_loads_on_a_cache_miss_and_can_be_released(tiny_export: Path) -> None:
+    from medsam3_rt import graph_contract as gc
+    from medsam3_rt.model import Model
+
+    model = Model(tiny_export, "ort-cpu", verify="none")
+    try:
+        assert gc.TEXT_ENCODER not in model.open_graphs()  # only the per-image graphs at load
+        first = model.text_batch(["liver"])
+        assert gc.TEXT_ENCODER in model.open_graphs()
+        assert model.release() == [gc.TEXT_ENCODER]
+        assert gc.TEXT_ENCODER not in model.open_graphs() and gc.IMAGE_BACKBONE in model.open_graphs()
+        model.text_batch(["liver"])  # cache hit: the encoder stays closed
+        assert gc.TEXT_ENCODER not in model.open_graphs()
+        again = model.encode_new_prompts(["liver"])[0]  # reopened on demand, same result
+        assert gc.TEXT_ENCODER in model.open_graphs()
+        np.testing.assert_array_equal(again.features, first.features[0])
+    finally:
+        model.close()
