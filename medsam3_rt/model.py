@@ -73,6 +73,25 @@ class Model:
                 self._runners[name] = self.backend.open(self.manifest.graph(name), self.model_dir)
             return self._runners[name]
 
+    def open_graphs(self) -> list[str]:
+        """Names of the graphs with an open session (the others load on first use)."""
+        with self._runner_lock:
+            return list(self._runners)
+
+    def release(self, names: Iterable[str] | None = None) -> list[str]:
+        """Close sessions to free their memory; they reopen on next use (issue 21).
+
+        Default: every graph except the image backbone and the detector, i.e. the text
+        encoder (needed again only on a text-cache miss) and the tracker graphs. Returns
+        the names closed.
+        """
+        keep = {gc.IMAGE_BACKBONE, gc.DETECTOR}
+        with self._runner_lock:
+            chosen = [n for n in self._runners if n not in keep] if names is None else [n for n in names if n in self._runners]
+            for n in chosen:
+                self._runners.pop(n).close()
+        return chosen
+
     def run(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runner(name).run(feeds)
 

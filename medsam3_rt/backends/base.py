@@ -121,8 +121,12 @@ def _precision(common: BackendOptions, default: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class OrtCpuOptions:
+    """ort-cpu. lean=True trades some speed for memory (issue 21): no CPU arena, no memory
+    patterns, and no weight pre-packing (pre-packed copies duplicate MatMul/Conv weights)."""
+
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
+    lean: bool = False
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,12 @@ class _OrtBackend(Backend):
         if self.settings.inter_op_threads:
             so.inter_op_num_threads = self.settings.inter_op_threads
         so.log_severity_level = 3
+        if getattr(self.settings, "lean", False):
+            # Peak memory over speed: freed buffers go back to the OS instead of an arena, and
+            # weights are not copied into pre-packed layouts next to the originals.
+            so.enable_cpu_mem_arena = False
+            so.enable_mem_pattern = False
+            so.add_session_config_entry("session.disable_prepacking", "1")
         return so
 
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:
