@@ -113,3 +113,17 @@ def test_handlers_answer_like_the_python_api() -> None:
             assert np.array_equal(stream.push(frame).label_map, label)
     with pytest.raises(UsageError, match="START"):
         handler(7, False, False, frames[0], prompts)
+
+
+def test_serve_without_pytriton_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime imports PyTriton only when `serve` starts; without it, one line and exit code 5."""
+    import sys
+
+    from medsam3_rt.errors import MissingDependencyError
+    from medsam3_rt.scale import serve
+
+    monkeypatch.setitem(sys.modules, "pytriton", None)
+    monkeypatch.setitem(sys.modules, "pytriton.triton", None)
+    with pytest.raises(MissingDependencyError, match="install the serve extra") as e:
+        serve.start(MODEL, serve.ServeSettings())
+    assert e.value.exit_code == 5
