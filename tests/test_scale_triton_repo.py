@@ -127,3 +127,20 @@ def test_serve_without_pytriton_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(MissingDependencyError, match="install the serve extra") as e:
         serve.start(MODEL, serve.ServeSettings())
     assert e.value.exit_code == 5
+
+
+def test_serve_stub_environment_is_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under numpy 2, Triton's stub needs a numpy<2 venv: a missing or bogus one is one clear line."""
+    from medsam3_rt.errors import MissingDependencyError
+    from medsam3_rt.scale.serve import STUB_ENV_VAR, stub_environment
+
+    monkeypatch.delenv(STUB_ENV_VAR, raising=False)
+    if int(np.__version__.split(".")[0]) >= 2:
+        with pytest.raises(MissingDependencyError, match="--stub-env"):
+            stub_environment(None)
+    with pytest.raises(UsageError, match="no bin/python"):
+        stub_environment(tmp_path)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").touch()
+    monkeypatch.setenv(STUB_ENV_VAR, str(tmp_path))
+    assert stub_environment(None) == tmp_path
