@@ -183,5 +183,12 @@ def start(model_dir: Path, settings: ServeSettings, backend: str = "auto") -> An
         strict=False,
     )
     triton.run()
+
+    def sweeper() -> None:  # drops abandoned streams even when no other stream request comes
+        while triton.is_alive():
+            time.sleep(max(0.1, settings.stream_idle_s / 2))
+            table.sweep()
+
+    threading.Thread(target=sweeper, name="medsam3-rt-stream-sweeper", daemon=True).start()
     triton.streams = table  # for the sweep thread and tests: the live stream table
     return triton
