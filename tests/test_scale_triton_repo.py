@@ -113,3 +113,34 @@ def test_handlers_answer_like_the_python_api() -> None:
             assert np.array_equal(stream.push(frame).label_map, label)
     with pytest.raises(UsageError, match="START"):
         handler(7, False, False, frames[0], prompts)
+
+
+def test_serve_without_pytriton_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime imports PyTriton only when `serve` starts; without it, one line and exit code 5."""
+    import sys
+
+    from medsam3_rt.errors import MissingDependencyError
+    from medsam3_rt.scale import serve
+
+    monkeypatch.setitem(sys.modules, "pytriton", None)
+    monkeypatch.setitem(sys.modules, "pytriton.triton", None)
+    with pytest.raises(MissingDependencyError, match="install the serve extra") as e:
+        serve.start(MODEL, serve.ServeSettings())
+    assert e.value.exit_code == 5
+
+
+def test_serve_stub_environment_is_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under numpy 2, Triton's stub needs a numpy<2 venv: a missing or bogus one is one clear line."""
+    from medsam3_rt.errors import MissingDependencyError
+    from medsam3_rt.scale.serve import STUB_ENV_VAR, stub_environment
+
+    monkeypatch.delenv(STUB_ENV_VAR, raising=False)
+    if int(np.__version__.split(".")[0]) >= 2:
+        with pytest.raises(MissingDependencyError, match="--stub-env"):
+            stub_environment(None)
+    with pytest.raises(UsageError, match="no bin/python"):
+        stub_environment(tmp_path)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").touch()
+    monkeypatch.setenv(STUB_ENV_VAR, str(tmp_path))
+    assert stub_environment(None) == tmp_path
