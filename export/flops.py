@@ -15,7 +15,7 @@ op whose cost is not counted but could matter (Einsum, ops inside subgraphs) is 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,23 @@ def _bind_inputs(model: Any, dims: Mapping[str, int]) -> None:
             if d.dim_param not in dims:
                 raise ValueError(f"input {inp.name!r} has free dimension {d.dim_param!r}: give its size")
             d.dim_value = int(dims[d.dim_param])
+    # Exporters store intermediate shapes with the same symbols; bind them too.
+    for vi in [*model.graph.value_info, *model.graph.output]:
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value") and d.dim_param in dims:
+                d.dim_value = int(dims[d.dim_param])
 
 
-def count_flops(model_or_path: Any, dims: Mapping[str, int] | None = None) -> FlopCount:
-    """Count MatMul/Gemm/Conv/ConvTranspose FLOPs of an ONNX model at the given dim sizes."""
+def count_flops(
+    model_or_path: Any,
+    dims: Mapping[str, int] | None = None,
+    known_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> FlopCount:
+    """Count MatMul/Gemm/Conv/ConvTranspose FLOPs of an ONNX model at the given dim sizes.
+
+    `known_shapes` (tensor name -> shape, e.g. observed by running the graph) fills in what
+    static inference cannot resolve (shapes computed from data, such as a Reshape of a runtime size).
+    """
     import onnx
 
     if isinstance(model_or_path, (str, Path)):
@@ -74,6 +87,9 @@ def count_flops(model_or_path: Any, dims: Mapping[str, int] | None = None) -> Fl
         shapes[vi.name] = _shape(vi)
     for init in g.initializer:
         shapes[init.name] = list(init.dims)
+    for name, shape in (known_shapes or {}).items():
+        if shapes.get(name) is None:
+            shapes[name] = [int(d) for d in shape]
 
     result = FlopCount()
     for node in g.node:
