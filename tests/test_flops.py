@@ -88,3 +88,33 @@ def test_unpriced_ops_are_listed_not_ignored() -> None:
 
 def test_gemm_peak_is_a_positive_rate() -> None:
     assert measure_gemm_peak(n=128, repeats=2) > 0.0
+
+
+def test_exporter_value_info_symbols_are_bound_on_the_demo_detector() -> None:
+    """The bundled detector stores intermediates with the symbol P: binding it prices every MatMul."""
+    from pathlib import Path
+
+    import medsam3_rt.demo
+
+    path = Path(medsam3_rt.demo.__file__).parent / "model" / "detector.onnx"
+    model = onnx.load(str(path))
+    one, three = count_flops(model, {"P": 1}), count_flops(model, {"P": 3})
+    assert "MatMul" not in one.uncounted and "Conv" not in one.uncounted
+    assert three.by_op["MatMul"] > one.by_op["MatMul"]  # prompt-dependent work scales with P
+
+
+def test_known_shapes_fill_what_inference_cannot() -> None:
+    """A MatMul whose operand shape is unknown statically is priced once the observed shape is given."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["p", "q"], ["o"])],
+        "k",
+        [
+            helper.make_tensor_value_info("p", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, [3, 4]),
+        ],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert count_flops(model).uncounted == {"MatMul": 1}
+    fc = count_flops(model, known_shapes={"p": (2, 3), "o": (2, 4)})
+    assert fc.by_op == {"MatMul": 2 * 2 * 4 * 3}
