@@ -279,6 +279,7 @@ def test_parser_finds_blocks_and_their_output(tmp_path: Path) -> None:
 
 # --- links between the pages -----------------------------------------------------------------
 
+
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
