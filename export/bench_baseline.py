@@ -7,7 +7,7 @@
   the video processor's post-processing (upsampling, object-wise non-overlap) and a label map.
 
 Inputs are preprocessed with medsam3_rt's `pixel_values`, which equals `Sam3ImageProcessor`
-(bit-exact for uint8; tests/test_preprocess.py): the processor itself needs torchvision.
+(bit-exact for uint8; tests/runtime/test_preprocess.py): the processor itself needs torchvision.
 Stages are timed by wrapping the model's own methods, so nothing of its code changes. The
 weights are those of the export (`--checkpoint`, or the random preset rebuilt from its seed and
 saved once to a temporary Hugging Face directory, so that `load` times `from_pretrained`).

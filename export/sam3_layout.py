@@ -305,7 +305,7 @@ def _fuse_qkv(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # them with ordered substring rules; here the same renames are symmetric templates
 # ({i}: a number, {a}: a module name, {p}: q/k/v_proj), usable in both directions. Verified
 # against the state dict of Meta's own `build_sam3_video_model` (sam3 0.1.4, which loads
-# sam3.pt with strict=True; tests/test_meta_reference.py) and by round trip over every
+# sam3.pt with strict=True; tests/export/test_meta_reference.py) and by round trip over every
 # module name transformers' Sam3VideoModel defines.
 _MLP3 = (("layers.0", "proj_in"), ("layers.1", "layers.0"), ("layers.2", "proj_out"))
 TRACKER_TEMPLATES: tuple[tuple[str, str], ...] = (

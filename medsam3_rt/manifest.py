@@ -330,13 +330,6 @@ def check_schema(data: Any) -> None:
     raise ManifestError(_schema_message(schema, min(errors, key=rank)))
 
 
-def _section(data: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = data.get(key)
-    if not isinstance(value, kind):
-        raise ManifestError(f"manifest is missing its '{key}' section (or it is not a {kind.__name__})")
-    return value
-
-
 def parse_manifest(data: Any) -> Manifest:
     """Validate a decoded manifest.json against the schema this runtime reads."""
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
@@ -349,24 +342,20 @@ def parse_manifest(data: Any) -> Manifest:
             f"manifest schema v{version} was written by a newer medsam3-rt; this is {__version__}, which reads "
             f"up to v{SCHEMA_VERSION}: pip install -U medsam3-rt"
         )
+    # The shape (sections present and of the right type, graph and file entries, list-typed fields) is the
+    # schema's job; what follows are the rules it cannot state: graph names and I/O against this runtime,
+    # cross-references between sections, value conversions.
     check_schema(data)
     unknown = set(data) - _TOP_LEVEL_KEYS
     if unknown:
         log.warning("manifest has unknown top-level keys %s (ignored)", sorted(unknown))
-    dims = gc.ModelDims.from_json(_section(data, "dims", dict))
+    dims = gc.ModelDims.from_json(data["dims"])
     expected = gc.expected_specs(dims)
     graphs: dict[str, GraphEntry] = {}
-    for name, entry in _section(data, "graphs", dict).items():
+    for name, entry in data["graphs"].items():
         if name not in expected:
             raise ManifestError(f"manifest lists graph '{name}', which this runtime does not know (or the model has no tracker)")
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise ManifestError(f"manifest graph '{name}' needs a 'file'")
         lists = {key: entry.get(key, []) for key in ("inputs", "outputs", "external_data")}
-        for key, value in lists.items():
-            if not isinstance(value, list) or (key == "external_data" and not all(isinstance(f, str) for f in value)):
-                raise ManifestError(
-                    f"manifest graph '{name}' '{key}' must be a list" + (" of file names" if key == "external_data" else "")
-                )
         spec = gc.GraphSpec(
             name,
             tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in lists["inputs"]),
@@ -382,21 +371,21 @@ def parse_manifest(data: Any) -> Manifest:
     if present_trk and len(present_trk) != len(gc.TRACKER_GRAPHS):
         raise ManifestError(f"manifest has tracker graphs {present_trk} but needs all of {list(gc.TRACKER_GRAPHS)}")
     files: dict[str, FileEntry] = {}
-    for rel, entry in _section(data, "files", dict).items():
+    for rel, entry in data["files"].items():
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ManifestError(f"manifest file entry '{rel}' must be a relative path inside the export directory")
         try:
             files[rel] = FileEntry(rel, str(entry["sha256"]), int(entry["bytes"]))
         except (KeyError, TypeError, ValueError):
             raise ManifestError(f"manifest file entry '{rel}' needs 'sha256' and 'bytes'") from None
-    tokenizer = TokenizerInfo.from_json(_section(data, "tokenizer", dict))
+    tokenizer = TokenizerInfo.from_json(data["tokenizer"])
     for g in graphs.values():
         for rel in (g.file, *g.external_data):
             if rel not in files:
                 raise ManifestError(f"graph '{g.name}' file '{rel}' has no entry in the manifest's 'files'")
     if tokenizer.file not in files:
         raise ManifestError(f"tokenizer file '{tokenizer.file}' has no entry in the manifest's 'files'")
-    preprocess = Preprocess.from_json(_section(data, "preprocess", dict))
+    preprocess = Preprocess.from_json(data["preprocess"])
     if preprocess.image_size != dims.image_size:
         raise ManifestError(f"manifest preprocess image size {preprocess.image_size} != dims.image_size {dims.image_size}")
     tracker = data.get("tracker")
@@ -404,17 +393,17 @@ def parse_manifest(data: Any) -> Manifest:
         raise ManifestError("manifest 'tracker' settings and tracker graphs must come together")
     engines = parse_engines(data.get("engines", []), graphs)
     return Manifest(
-        model=_section(data, "model", dict),
-        producer=_section(data, "producer", dict),
+        model=data["model"],
+        producer=data["producer"],
         dims=dims,
         preprocess=preprocess,
         tokenizer=tokenizer,
         graphs=graphs,
         files=files,
-        postprocess=Postprocess.from_json(_section(data, "postprocess", dict) if data.get("postprocess") is not None else {}),
+        postprocess=Postprocess.from_json(data.get("postprocess") or {}),
         tracker=tracker,
         engines=engines,
-        parity=_section(data, "parity", dict) if data.get("parity") is not None else {},
+        parity=data.get("parity") or {},
         schema_version=version,
     )
 

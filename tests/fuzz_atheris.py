@@ -97,7 +97,7 @@ def one_input(target: str, data: bytes) -> None:
             try:
                 decoded = json.loads(data.decode("utf-8"))
             except (UnicodeDecodeError, ValueError, RecursionError):
-                return  # load_manifest turns these into ManifestError (tests/test_reliability_fuzz.py)
+                return  # load_manifest turns these into ManifestError (tests/reliability/test_reliability_fuzz.py)
             parse_manifest(decoded)
     except Medsam3Error as e:
         assert "\n" not in e.message

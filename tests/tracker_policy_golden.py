@@ -11,8 +11,8 @@ synthetic sequence in which objects appear, vanish, overlap and come back; the e
 decisions are the Python policy's on the fixed-point inputs, and the discrete ones equal the
 live stream's (test_tracker_policy.py checks that on every run that has the tiny export).
 
-Regenerate (needs torch + transformers for the tiny export; see tests/test_tracker_policy.py):
-    MEDSAM3RT_REGENERATE_GOLDEN=1 python -m pytest -q tests/test_tracker_policy.py -k regenerate
+Regenerate (needs torch + transformers for the tiny export; see tests/tracker/test_tracker_policy.py):
+    MEDSAM3RT_REGENERATE_GOLDEN=1 python -m pytest -q tests/tracker/test_tracker_policy.py -k regenerate
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ctypes declarations of libmedsam3rt's C API (include/medsam3rt.h): the one copy for tests and benchmarks.
 
 Not a supported Python binding (use `medsam3_rt` from Python); it exists so that the tests
-(tests/test_cpp_bindings.py) and benchmarks/bench_cpp_vs_python.py call the C library through
+(tests/cpp/test_cpp_bindings.py) and benchmarks/bench_cpp_vs_python.py call the C library through
 the same struct layouts. Keep it in step with medsam3rt.h: each struct mirrors one C struct,
 field by field, and `struct_size` fields take `ctypes.sizeof(...)`.
 

@@ -3,7 +3,7 @@
 // only syntax-checked with g++ -fsyntax-only against hand-written declarations of the TensorRT 10
 // and CUDA runtime calls it uses, taken from NVIDIA's documentation). It is built only with
 // -DMEDSAM3RT_WITH_TENSORRT=ON (off by default); treat the first build on a TensorRT machine
-// as its first test (run tests/test_cpp_bindings.py there with the backend switched).
+// as its first test (run tests/cpp/test_cpp_bindings.py there with the backend switched).
 //
 // Thin by design: it shares manifest validation, preprocessing, prompt packs, post-processing
 // and the C API with the OpenVINO path, and only runs the two engines that `medsam3-rt build`

@@ -88,15 +88,6 @@ bool py_bool(const json& v) {
 
 std::string py_str(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
-const json& section(const json& data, const std::string& key, json::value_t kind) {
-    auto it = data.find(key);
-    if (it == data.end() || it->type() != kind) {
-        throw ModelError("manifest is missing its '" + key + "' section (or it is not a " + (kind == json::value_t::object ? "dict" : "list") +
-                         ")");
-    }
-    return *it;
-}
-
 gc::ModelDims parse_dims(const json& d) {
     gc::ModelDims dims;
     const std::vector<std::pair<const char*, int64_t*>> fields = {
@@ -159,7 +150,6 @@ std::vector<gc::TensorSpec> parse_tensors(const json& entry, const char* key, co
     std::vector<gc::TensorSpec> out;
     auto it = entry.find(key);
     if (it == entry.end()) return out;
-    if (!it->is_array()) throw ModelError(where + ": tensor entries need 'name', 'dtype' and 'shape'");
     for (const auto& t : *it) out.push_back(parse_tensor(t, where));
     return out;
 }
@@ -358,16 +348,16 @@ Manifest parse_manifest(const std::string& text, const std::string& root_in, con
                          ": upgrade libmedsam3rt");
     }
     m.schema_version = static_cast<int>(version.get<int64_t>());
-    check_manifest_schema(data);  // the shape: medsam3_rt/schemas/manifest.v1.json, as the Python reader
+    // The shape (sections present and of the right type, graph and file entries, list-typed fields) is the
+    // schema's job (medsam3_rt/schemas/manifest.v1.json, as the Python reader); what follows are the rules it
+    // cannot state: graph names and I/O against this runtime, cross-references between sections, conversions.
+    check_manifest_schema(data);
     // Unknown top-level keys are ignored (the Python runtime logs a warning).
-    m.dims = parse_dims(section(data, "dims", json::value_t::object));
+    m.dims = parse_dims(data.at("dims"));
     const auto expected = gc::expected_specs(m.dims);
-    for (const auto& [name, entry] : section(data, "graphs", json::value_t::object).items()) {
+    for (const auto& [name, entry] : data.at("graphs").items()) {
         if (!expected.count(name)) {
             throw ModelError("manifest lists graph '" + name + "', which this runtime does not know (or the model has no tracker)");
-        }
-        if (!entry.is_object() || !entry.contains("file") || !entry["file"].is_string()) {
-            throw ModelError("manifest graph '" + name + "' needs a 'file'");
         }
         const std::string where = "graph '" + name + "'";
         gc::GraphSpec spec{name, parse_tensors(entry, "inputs", where), parse_tensors(entry, "outputs", where)};
@@ -376,8 +366,8 @@ Manifest parse_manifest(const std::string& text, const std::string& root_in, con
                              gc::describe(expected.at(name)));
         }
         GraphEntry g{name, entry["file"].get<std::string>(), spec, {}};
-        if (entry.contains("external_data") && entry["external_data"].is_array()) {
-            for (const auto& e : entry["external_data"]) g.external_data.push_back(py_str(e));
+        if (entry.contains("external_data")) {
+            for (const auto& e : entry["external_data"]) g.external_data.push_back(e.get<std::string>());
         }
         m.graph_order.push_back(name);
         m.graphs[name] = std::move(g);
@@ -399,18 +389,17 @@ Manifest parse_manifest(const std::string& text, const std::string& root_in, con
         throw ModelError("manifest has tracker graphs [" + have + "] but needs all of ['tracker_init', 'tracker_step', 'memory_encoder']");
     }
     m.has_tracker = !present_trk.empty();
-    for (const auto& [rel, entry] : section(data, "files", json::value_t::object).items()) {
+    for (const auto& [rel, entry] : data.at("files").items()) {
         if (unsafe_relative(rel)) {
             throw ModelError("manifest file entry '" + rel + "' must be a relative path inside the export directory");
         }
         try {
-            if (!entry.is_object() || !entry.contains("sha256") || !entry.contains("bytes")) throw BadValue{};
             m.files.push_back({rel, py_str(entry["sha256"]), py_int(entry["bytes"])});
         } catch (const BadValue&) {
             throw ModelError("manifest file entry '" + rel + "' needs 'sha256' and 'bytes'");
         }
     }
-    m.tokenizer_file = parse_tokenizer(section(data, "tokenizer", json::value_t::object));
+    m.tokenizer_file = parse_tokenizer(data.at("tokenizer"));
     auto listed = [&](const std::string& rel) {
         for (const auto& f : m.files) {
             if (f.path == rel) return true;
@@ -428,7 +417,7 @@ Manifest parse_manifest(const std::string& text, const std::string& root_in, con
     if (!listed(m.tokenizer_file)) {
         throw ModelError("tokenizer file '" + m.tokenizer_file + "' has no entry in the manifest's 'files'");
     }
-    m.preprocess = parse_preprocess(section(data, "preprocess", json::value_t::object));
+    m.preprocess = parse_preprocess(data.at("preprocess"));
     if (m.preprocess.image_size != m.dims.image_size) {
         throw ModelError("manifest preprocess image size " + std::to_string(m.preprocess.image_size) + " != dims.image_size " +
                          std::to_string(m.dims.image_size));
@@ -438,7 +427,6 @@ Manifest parse_manifest(const std::string& text, const std::string& root_in, con
     if (tracker_dict) m.tracker_json = data["tracker"].dump();
     if (data.contains("engines") && !data["engines"].is_null()) {
         const json& engines = data["engines"];
-        if (!engines.is_array()) throw ModelError("manifest 'engines' must be a list");
         for (size_t i = 0; i < engines.size(); ++i) m.engines.push_back(parse_engine(engines[i], i));
         for (size_t i = 0; i < m.engines.size(); ++i) {
             if (!m.graphs.count(m.engines[i].graph)) {
@@ -447,11 +435,10 @@ Manifest parse_manifest(const std::string& text, const std::string& root_in, con
             }
         }
     }
-    const json& model = section(data, "model", json::value_t::object);
+    const json& model = data.at("model");
     if (model.contains("source") && model["source"].is_object() && model["source"].contains("class")) {
         m.source_class = py_str(model["source"]["class"]);
     }
-    section(data, "producer", json::value_t::object);
     if (data.contains("postprocess") && py_bool(data["postprocess"])) {
         const json& post = data["postprocess"];
         try {

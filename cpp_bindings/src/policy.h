@@ -1,7 +1,7 @@
 // The streaming merge policy as pure functions over arrays: a port of
 // medsam3_rt/tracker/policy.py (same rules, arithmetic and order). No model, backend or I/O:
 // Stream (stream.cpp) runs the graphs and applies the decisions to the memory banks, and
-// tests/test_cpp_bindings.py feeds the recorded frames of tests/golden/tracker_policy/ to
+// tests/cpp/test_cpp_bindings.py feeds the recorded frames of tests/golden/tracker_policy/ to
 // these functions through the internal tool and checks the Python policy's decisions.
 #pragma once
 

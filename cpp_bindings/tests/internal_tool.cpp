@@ -1,5 +1,5 @@
 // medsam3rt_internal: the library's internal steps as a command-line tool, so that
-// tests/test_cpp_bindings.py can compare each with the Python runtime on the same data.
+// tests/cpp/test_cpp_bindings.py can compare each with the Python runtime on the same data.
 //
 //   sha256-selftest                         FIPS 180-2 example vectors (ctest)
 //   sha256 FILE...                          hex digests

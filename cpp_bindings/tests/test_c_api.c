@@ -4,9 +4,9 @@
  *
  *   test_c_api                              model-free cases only (ctest)
  *   test_c_api MODEL PACK OTHER_PACK CORRUPT_DIR TAMPERED_DIR
- *                                           all cases (tests/test_cpp_bindings.py)
+ *                                           all cases (tests/cpp/test_cpp_bindings.py)
  *   test_c_api MODEL PACK OTHER_PACK CORRUPT_DIR TAMPERED_DIR VIDEO_MODEL VIDEO_PACK
- *                                           and the streaming cases (tests/test_cpp_streaming.py)
+ *                                           and the streaming cases (tests/cpp/test_cpp_bindings.py)
  *
  * Prints "case <name>: <status> <message>" for every error case (pytest compares some texts
  * with the Python runtime's), then "N passed, M failed"; exits 1 if any case failed. */

@@ -1,7 +1,7 @@
 // test_cpp_wrapper: the header-only C++ wrapper (medsam3rt.hpp) end to end.
 //   test_cpp_wrapper MODEL PACK IMAGE.rgb W H    (raw 8-bit RGB, tightly packed)
 // Prints the selected prompts' areas and the error text of a failed open; exits non-zero on
-// any unexpected outcome. tests/test_cpp_bindings.py compares the areas with Python.
+// any unexpected outcome. tests/cpp/test_cpp_bindings.py compares the areas with Python.
 #include <cstdio>
 #include <fstream>
 #include <iostream>

@@ -1,5 +1,5 @@
 // Reads "BUILT HERE" pairs from stdin and prints "<normalised BUILT> <same> <version-compatible>" per
-// line, so tests/test_gpu_versions.py can check the C++ rule against medsam3_rt/engines.py.
+// line, so tests/gpu/test_trt_versions.py can check the C++ rule against medsam3_rt/engines.py.
 #include <iostream>
 #include <string>
 

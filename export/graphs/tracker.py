@@ -13,7 +13,7 @@ pieces are written here around transformers' own modules and weights:
   where the mask came from.
 
 Everything else (projections, RoPE tables, norms, the two-way transformer, the memory
-encoder's convolutions) is the original code. tests/test_tracker_graphs.py compares every
+encoder's convolutions) is the original code. tests/tracker/test_tracker_graphs.py compares every
 wrapper with the unmodified transformers methods.
 """
 

@@ -8,7 +8,7 @@ from its version at run time, and says which it dropped.
 Where each key first appears was read from the provider libraries of the onnxruntime-gpu
 wheels on PyPI (`strings libonnxruntime_providers_{tensorrt,cuda}.so`, cp311 manylinux) of
 1.17.1, 1.18.0, 1.22.0 and 1.23.0 (the lists are in tests/fakes/data/, and
-tests/test_gpu_standins.py re-reads them from a real wheel when one is installed):
+tests/gpu/test_standin_surface.py re-reads them from a real wheel when one is installed):
 
 - `use_tf32` (CUDA provider): absent in 1.17.1, present from 1.18.0;
 - `trt_bf16_enable` (TensorRT provider): absent in 1.17.1 to 1.22.0, present in 1.23.0;

@@ -182,7 +182,7 @@ def run_jobs(
             num_gpus=gpus_per_actor or None,
             fn_constructor_kwargs={"settings": settings},
             # Ray Data's actor defaults, relied upon: max_restarts=-1 (a killed actor comes back and loads the
-            # model again) and max_task_retries=-1 (its in-flight study is retried); tests/test_scale_ray.py kills one.
+            # model again) and max_task_retries=-1 (its in-flight study is retried); tests/scale/test_scale_ray.py kills one.
         )
         for row in ds.iter_rows():
             stem, pid = str(row["stem"]), int(row["pid"])

@@ -61,7 +61,7 @@ def _deprecated(what: str, since: tuple[int, int], instead: str) -> None:
 
 deprecations: list[str] = []
 # What the stand-in warns about, since when, and the real bindings' docstring text that says so
-# (tests/test_gpu_standins.py finds each text in the real tensorrt_cu12_bindings module).
+# (tests/gpu/test_standin_surface.py finds each text in the real tensorrt_cu12_bindings module).
 DEPRECATED = {
     "IBuilderConfig.int8_calibrator": ((10, 1), "Deprecated in TensorRT 10.1. Superseded by explicit quantization."),
     "BuilderFlag.FP16": ((10, 12), "Deprecated in TensorRT 10.12. Superseded by strong typing."),

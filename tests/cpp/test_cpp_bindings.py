@@ -633,7 +633,7 @@ def test_export_with_tracker_graphs(build: Path, tiny_video_export: Path, tmp_pa
 
 
 def _stream_frames(n: int, h: int = 96, w: int = 112) -> list[np.ndarray]:
-    """Textured frames whose bright disc drifts (as tests/test_streaming.py's moving blob)."""
+    """Textured frames whose bright disc drifts (as tests/tracker/test_streaming.py's moving blob)."""
     frames = []
     yy, xx = np.mgrid[:h, :w]
     for t in range(n):

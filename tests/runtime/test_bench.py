@@ -81,7 +81,7 @@ def test_bench_without_baseline_stays_torch_free(tiny_video_export: Path, tmp_pa
     """The runtime half of the benchmark (and the importable `benchmarks.bench`) never loads torch."""
     code = f"""
 import sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from pathlib import Path
 from benchmarks.bench import BenchConfig, run_benchmark, to_markdown, validate
 r = run_benchmark(BenchConfig(model_dir=Path({str(tiny_video_export)!r}), baseline="off", rounds=1, frames=2, warmup=0,

@@ -23,7 +23,7 @@ from fakes import cudart_standin, ort_gpu_standin, tensorrt_standin
 
 from medsam3_rt import engines as eng
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = Path(os.environ.get("MEDSAM3_GPU_REFERENCE", ROOT / ".ci" / "gpu-reference"))
 INSTALL = (
     "python -m pip install --no-deps --target .ci/gpu-reference onnxruntime-gpu==1.22.0 "

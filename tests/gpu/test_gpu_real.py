@@ -2,7 +2,7 @@
 
 These need an NVIDIA GPU (and TensorRT / onnxruntime-gpu where named) and skip with the
 reason otherwise. The code paths they cover run in CI against named stand-ins
-(tests/test_gpu_tensorrt.py) or on the CPU (tests/test_gpu_ort.py, test_gpu_torch_backend.py).
+(tests/gpu/test_tensorrt_standins.py) or on the CPU (tests/gpu/test_ort_gpu_providers.py, test_torch_backend.py).
 None of them had run on a GPU when they were written: no GPU machine was available.
 """
 

@@ -20,7 +20,7 @@ from medsam3_rt.io.images import read_image, write_png
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'medsam3-rt[scale]')")
 
-DEMO = Path(__file__).resolve().parents[1] / "medsam3_rt" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "medsam3_rt" / "demo"
 MODEL = DEMO / "model"
 PROMPTS = ["brain", "lateral ventricle"]
 ARGS = ["--threads", "1", "--axis", "sagittal", "--window", "0,255"]

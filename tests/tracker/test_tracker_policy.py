@@ -2,7 +2,7 @@
 
 The golden files (tests/golden/tracker_policy/) hold real policy inputs recorded from a
 stream on the tiny video model; the Python policy must reproduce their decisions here, and
-the C++ policy in tests/test_cpp_bindings.py.
+the C++ policy in tests/cpp/test_cpp_bindings.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 
 from medsam3_rt import engines as eng
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # (recorded by the builder, reported where it loads, same release?)
 CASES = [

@@ -15,7 +15,7 @@ from medsam3_rt.io.images import read_image
 from medsam3_rt.scale.triton_models import SegmentHandler, StreamHandler
 from medsam3_rt.scale.triton_repo import write_repository
 
-DEMO = Path(__file__).resolve().parents[1] / "medsam3_rt" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "medsam3_rt" / "demo"
 MODEL = DEMO / "model"
 ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(bool)": "TYPE_BOOL", "tensor(int32)": "TYPE_INT32"}
 

@@ -6,7 +6,7 @@ memory; the "engine" runs the graph ONNX Runtime on the CPU). They check our sid
 profiles, flags, pinned layers, timing cache, calibrator protocol, manifest entries, the
 accuracy gate, compatibility refusals before deserialisation, buffer reuse, device handoff,
 CUDA-graph replay and batch chunking. What TensorRT itself does is tested by the real-library
-twins in tests/test_gpu_real.py, which skip without TensorRT and a GPU.
+twins in tests/gpu/test_gpu_real.py, which skip without TensorRT and a GPU.
 """
 
 from __future__ import annotations

@@ -441,7 +441,7 @@ def test_broken_export_directory(tiny_export: Path, capfd, tmp_path: Path, case,
 
 @pytest.fixture()
 def standin(monkeypatch: pytest.MonkeyPatch):
-    """The named stand-ins of TensorRT and the CUDA runtime (tests/fakes), as test_gpu_tensorrt.py uses them."""
+    """The named stand-ins of TensorRT and the CUDA runtime (tests/fakes), as test_tensorrt_standins.py uses them."""
     from fakes import cudart_standin, tensorrt_standin
 
     from medsam3_rt.backends import _cuda

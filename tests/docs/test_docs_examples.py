@@ -17,7 +17,7 @@ block's output (stdout and stderr, interleaved) must match it under the rule in 
 * everything else must be equal, character for character.
 
 Info-string options: `requires=cpp` (the block uses the C/C++ library, built once per checkout in
-cpp_bindings/build-ci by tests/test_cpp_bindings.py's fixture; `build-cpp` in the working
+cpp_bindings/build-ci by tests/cpp/test_cpp_bindings.py's fixture; `build-cpp` in the working
 directory points at that build; skipped with the fixture's reason when CMake, a compiler,
 nlohmann-json or OpenVINO is missing), `requires=<module>` (skipped when the Python module is not installed).
 
@@ -44,7 +44,7 @@ try:  # the fixture that builds the C/C++ library once per checkout, in cpp_bind
 except ImportError:  # the C/C++ tests moved: use their build when it is there
     HAVE_BUILD_FIXTURE = False
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPP_BUILD = REPO / "cpp_bindings" / "build-ci"
 
 
@@ -191,7 +191,7 @@ def _skip_reason(block: Block, cwd: Path, request: pytest.FixtureRequest | None 
                 elif (CPP_BUILD / "segment_image").is_file():
                     lib = CPP_BUILD
                 else:
-                    return f"needs the C/C++ library, which tests/test_cpp_bindings.py builds in {CPP_BUILD}"
+                    return f"needs the C/C++ library, which tests/cpp/test_cpp_bindings.py builds in {CPP_BUILD}"
                 link = cwd / "build-cpp"
                 if not link.exists():
                     link.symlink_to(lib, target_is_directory=True)
