@@ -40,7 +40,7 @@ EOF
 } 2>&1 | tee "$OUT/environment.txt"
 
 step "GPU tests (torch on CUDA; TensorRT / onnxruntime-gpu ones skip with their reason)"
-timeout "${TEST_TIMEOUT:-180}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_real.py tests/test_gpu_torch_backend.py 2>&1 \
+timeout "${TEST_TIMEOUT:-180}" $PY -m pytest -q -rs -p no:cacheprovider tests/gpu/test_gpu_real.py tests/export/test_torch_backend.py 2>&1 \
   | tee "$OUT/gpu-tests.log" | tail -25
 
 step "per-graph PyTorch benchmark: full-size geometry (848 M parameters, 1008 px)"

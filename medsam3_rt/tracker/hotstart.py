@@ -8,7 +8,7 @@ counter reached 0 when `suppress_unmatched_only_within_hotstart` is off. This is
 Meta's object set on a stream where the detector keeps firing on noise. Only the forward
 direction is implemented: it is the causal one a live stream can run.
 
-Not yet wired into `Stream` (see docs/streaming.md); tests/test_meta_video_hotstart.py holds
+Not yet wired into `Stream` (see docs/streaming.md); tests/tracker/test_meta_video_hotstart.py holds
 it equal to Meta's own method frame by frame.
 """
 

@@ -17,9 +17,9 @@ import pytest
 
 from medsam3_rt.io.images import read_image
 
-DEMO = Path(__file__).resolve().parents[1] / "medsam3_rt" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "medsam3_rt" / "demo"
 MODEL = DEMO / "model"
-STUB = Path(os.environ.get("MEDSAM3_RT_SERVE_STUB_ENV", Path(__file__).resolve().parents[1] / ".ci" / "pytriton-stub"))
+STUB = Path(os.environ.get("MEDSAM3_RT_SERVE_STUB_ENV", Path(__file__).resolve().parents[2] / ".ci" / "pytriton-stub"))
 PROMPTS = np.array([b"brain", b"lateral ventricle"], dtype=object)
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (the serve extra)")
