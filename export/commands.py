@@ -107,9 +107,13 @@ def quantize(
     model_dir: Path = typer.Argument(..., help="Export directory (from `medsam3-rt export`)."),
     calib_dir: Path = typer.Argument(..., help="Folder of representative images: calibration, and a hold-out part for the gate."),
     output: Path = typer.Option(..., "--output", "-o", help="Quantised export directory to create (written only if the gate passes)."),
-    prompt: list[str] = typer.Option([], "--prompts", "--prompt", "-p", help="Prompts the gate segments (default: the export's prompt packs)."),
+    prompt: list[str] = typer.Option(
+        [], "--prompts", "--prompt", "-p", help="Prompts the gate segments (default: the export's prompt packs)."
+    ),
     holdout: float = typer.Option(0.25, "--holdout", help="Fraction of CALIB_DIR held out of calibration for the accuracy gate."),
-    max_dice_drop: float = typer.Option(1.0, "--max-dice-drop", help="Refuse to write OUTPUT if the Dice drop vs fp32 exceeds this (points)."),
+    max_dice_drop: float = typer.Option(
+        1.0, "--max-dice-drop", help="Refuse to write OUTPUT if the Dice drop vs fp32 exceeds this (points)."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime threads."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
 ) -> None:

@@ -186,7 +186,9 @@ def quantize_export(
         finally:
             candidate.close()
             reference.close()
-        report = gate(pairs, max_dice_drop=options.max_dice_drop, reference="fp32 ort-cpu", candidate="int8 QDQ ort-cpu", samples=len(samples))
+        report = gate(
+            pairs, max_dice_drop=options.max_dice_drop, reference="fp32 ort-cpu", candidate="int8 QDQ ort-cpu", samples=len(samples)
+        )
         from medsam3_rt.metrics import dice
 
         per_prompt = {p: float(np.mean([dice(m.candidate, m.reference) for m in pairs if m.prompt == p])) for p in prompts}
@@ -198,7 +200,11 @@ def quantize_export(
                 "int8_graphs": list(QUANTISED_GRAPHS),
                 "method": "onnxruntime static QDQ, U8 activations (MinMax), S8 per-channel weights",
                 "quantised_ops": list(QUANTISED_OPS),
-                "calibration": {"folder": str(Path(calib_dir).resolve()), "images": [p.name for p in calib], "holdout": [p.name for p in held]},
+                "calibration": {
+                    "folder": str(Path(calib_dir).resolve()),
+                    "images": [p.name for p in calib],
+                    "holdout": [p.name for p in held],
+                },
                 "prompts": list(prompts),
                 "gate": report.to_json(),
                 "per_prompt_dice": per_prompt,

@@ -31,7 +31,9 @@ def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_quantize_passes_gate_and_writes_a_runnable_export(tiny_export: Path, calib_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8"
-    proc = cli("quantize", str(tiny_export), str(calib_dir), "--output", str(out), "--max-dice-drop", "100", "-p", "brain", "-p", "ventricle")
+    proc = cli(
+        "quantize", str(tiny_export), str(calib_dir), "--output", str(out), "--max-dice-drop", "100", "-p", "brain", "-p", "ventricle"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Dice int8 vs fp32" in proc.stdout and "image_backbone" in proc.stdout
     data = json.loads((out / "manifest.json").read_text())
