@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import nibabel as nib
@@ -20,6 +22,33 @@ import medsam3_rt
 
 CH2 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 OUT = Path(__file__).parent / "results" / "quantize-demo.json"
+
+
+def _backbone_timing(fp32_dir: Path, int8_dir: Path, calib: Path, rounds: int = 7) -> dict[str, Any]:
+    """Median backbone time of fp32 and int8 (ORT CPU, 2 threads), interleaved in one run."""
+    import onnxruntime as ort
+
+    from medsam3_rt import graph_contract as gc
+    from medsam3_rt.io.images import list_images, read_image
+    from medsam3_rt.manifest import load_manifest
+    from medsam3_rt.preprocess import pixel_values
+
+    sessions = {}
+    for label, d in (("fp32", fp32_dir), ("int8", int8_dir)):
+        man = load_manifest(d, verify="none")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        sessions[label] = ort.InferenceSession(str(d / man.graph(gc.IMAGE_BACKBONE).file), so, providers=["CPUExecutionProvider"])
+    feeds = {gc.PIXEL_VALUES: pixel_values(read_image(list_images(calib)[0]), man.preprocess)}
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    for r in range(rounds + 1):
+        for label, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds)
+            if r:
+                samples[label].append(1000 * (time.perf_counter() - t0))
+    med = {k: float(np.median(v)) for k, v in samples.items()}
+    return {"median": med, "int8_over_fp32": med["int8"] / med["fp32"], "samples": samples}
 
 
 def main() -> None:
@@ -38,9 +67,17 @@ def main() -> None:
         print(proc.stdout, proc.stderr)
         proc.check_returncode()
         record = json.loads((out / "manifest.json").read_text())["quantization"]
+        timing = _backbone_timing(medsam3_rt.demo_model_dir(), out, calib)
     record["calibration"]["folder"] = "colin27 (mricron ch2) sagittal slices 60-69 as PNG"
     OUT.write_text(
-        json.dumps({"cmd": " ".join(cmd[:2] + ["<demo>", "<calib>", "--max-dice-drop", "100"]), "quantization": record}, indent=1)
+        json.dumps(
+            {
+                "cmd": " ".join(cmd[:2] + ["<demo>", "<calib>", "--max-dice-drop", "100"]),
+                "backbone_timing_ms": timing,
+                "quantization": record,
+            },
+            indent=1,
+        )
     )
 
 
