@@ -97,3 +97,34 @@ def build(
             f"{e.graph:16s} {e.label:10s} {e.file} ({e.bytes / 1e6:.1f} MB, {len(e.pinned_fp32)} layers pinned fp32)", highlight=False
         )
     out_console.print(result.report.describe(), highlight=False, soft_wrap=True)
+
+
+quantize_app = typer.Typer(add_completion=False)
+
+
+@quantize_app.command("quantize", no_args_is_help=True)
+def quantize(
+    model_dir: Path = typer.Argument(..., help="Export directory (from `medsam3-rt export`)."),
+    calib_dir: Path = typer.Argument(..., help="Folder of representative images: calibration, and a hold-out part for the gate."),
+    output: Path = typer.Option(..., "--output", "-o", help="Quantised export directory to create (written only if the gate passes)."),
+    prompt: list[str] = typer.Option(
+        [], "--prompts", "--prompt", "-p", help="Prompts the gate segments (default: the export's prompt packs)."
+    ),
+    holdout: float = typer.Option(0.25, "--holdout", help="Fraction of CALIB_DIR held out of calibration for the accuracy gate."),
+    max_dice_drop: float = typer.Option(
+        1.0, "--max-dice-drop", help="Refuse to write OUTPUT if the Dice drop vs fp32 exceeds this (points)."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime threads."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+) -> None:
+    """Static int8 (QDQ) image backbone calibrated on your images; refuses a Dice drop above the bound."""
+    q = import_optional("medsam3_export.quantize", "export", "`medsam3-rt quantize`")
+    options = q.QuantizeOptions(prompts=tuple(prompt), holdout=holdout, max_dice_drop=max_dice_drop, overwrite=force, threads=threads)
+    result = q.quantize_export(model_dir, calib_dir, output, options, progress=say)
+    for graph, errs in result.graph_errors.items():
+        worst = max((v for k, v in errs.items() if k.endswith(".max_rel")), default=0.0)
+        out_console.print(f"{graph:16s} int8  worst output max|d|/max|ref| {worst:.4f}", highlight=False)
+    for p, d in result.per_prompt_dice.items():
+        out_console.print(f"prompt {p!r:24s} Dice int8 vs fp32 {d:.4f}", highlight=False)
+    out_console.print(result.report.describe(), highlight=False, soft_wrap=True)
+    out_console.print(f"wrote {result.output}", highlight=False)

@@ -53,6 +53,7 @@ _TOP_LEVEL_KEYS = {
     "tracker",
     "engines",
     "parity",
+    "quantization",  # written by `medsam3-rt quantize`
 }
 
 Verify = Literal["hash", "size", "none"]

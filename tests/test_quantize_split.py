@@ -1,0 +1,33 @@
+"""The calibration / hold-out split of `medsam3-rt quantize` (which images the gate sees)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from medsam3_export.quantize import split_calibration
+
+from medsam3_rt.errors import InputError
+
+
+def _folder(tmp_path: Path, n: int) -> Path:
+    for i in range(n):
+        cv2.imwrite(str(tmp_path / f"im{i:02d}.png"), np.full((8, 8), i, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("n", "holdout", "held"), [(2, 0.25, 1), (8, 0.25, 2), (10, 0.5, 5), (3, 0.9, 2)])
+def test_split_is_disjoint_complete_and_deterministic(tmp_path: Path, n: int, holdout: float, held: int) -> None:
+    calib, hold = split_calibration(_folder(tmp_path, n), holdout)
+    assert len(hold) == held and len(calib) == n - held
+    assert not set(calib) & set(hold) and len(calib) + len(hold) == n
+    assert split_calibration(tmp_path, holdout) == (calib, hold)
+
+
+@pytest.mark.parametrize("holdout", [0.0, 1.0, -0.1])
+def test_split_rejects_bad_fraction(tmp_path: Path, holdout: float) -> None:
+    with pytest.raises(InputError, match="--holdout"):
+        split_calibration(_folder(tmp_path, 4), holdout)
