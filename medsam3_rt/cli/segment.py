@@ -166,6 +166,9 @@ def segment(
         None, "--new-object-threshold", min=0.0, max=1.0, help="Volumes/video: score for a detection to start a new object."
     ),
     forget_after: int | None = typer.Option(None, "--forget-after", min=1, help="Volumes/video: drop objects empty this many frames."),
+    detect_every: int = typer.Option(
+        1, "--detect-every", min=1, help="Volumes/video: run the detector on every k-th frame; the tracker alone in between."
+    ),
     no_nms: bool = typer.Option(False, "--no-nms", help="Volumes/video: no detection NMS (as transformers without hub kernels)."),
     no_fill_holes: bool = typer.Option(False, "--no-fill-holes", help="Volumes/video: no hole filling / sprinkle removal."),
     ray: str | None = typer.Option(
@@ -198,6 +201,7 @@ def segment(
         forget_after=forget_after,
         detection_threshold=detection_threshold,
         new_object_threshold=new_object_threshold,
+        detect_every=detect_every,
     )
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"--output '{output}' exists and is not a folder")

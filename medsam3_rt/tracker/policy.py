@@ -17,7 +17,7 @@ duplicate tracks is in `hotstart.py`, checked against Meta's code but not yet se
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -326,6 +326,20 @@ def merge(
         memory_scores=mem_scores,
         rerun=rerun_rows(tracks, recond, len(new)),
     )
+
+
+def tracker_only(
+    tracks: TrackTable, trk_masks: np.ndarray, trk_score_logits: np.ndarray, t: int, next_id: int, cfg: PolicyConfig
+) -> MergeDecision:
+    """A frame where the detector did not run (`StreamOptions.detect_every`): the tracker alone.
+
+    The same decision as a merge with no detection, except that no track counts as unmatched
+    (keep-alive counters unchanged): a detection that was not looked for is not a miss.
+    Occlusion suppression and the memory inputs are the tracker's, as on every frame.
+    """
+    decision = merge(Detections.empty(trk_masks.shape[-1]), tracks, trk_masks, trk_score_logits, t, next_id, cfg)
+    none = np.zeros(0, np.int64)
+    return replace(decision, association=Association(new=none, unmatched=none, matched=none), keep_alive=tracks.keep_alive.copy())
 
 
 # -- outputs and forgetting ------------------------------------------------------------------------

@@ -70,6 +70,11 @@ class StreamOptions:
     detection_threshold / new_object_threshold
                        override the model's score_threshold_detection (a detection counts)
                        and new_det_thresh (an unmatched detection starts a new object)
+    detect_every       run the detector on every k-th frame only (and on any frame after one
+                       that showed no object); the frames between are tracker-only: the
+                       tracker's masks are shown and written to memory, no object is added,
+                       re-anchored or counted as unmatched. 1 (default): every frame, as
+                       transformers. Python runtime only (libmedsam3rt detects every frame)
     """
 
     nms: bool = True
@@ -79,8 +84,11 @@ class StreamOptions:
     forget_after: int | None = None
     detection_threshold: float | None = None
     new_object_threshold: float | None = None
+    detect_every: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.detect_every, bool) or not isinstance(self.detect_every, int) or self.detect_every < 1:
+            raise UsageError(f"detect_every must be an integer >= 1, got {self.detect_every!r}")
         for name in ("max_objects", "max_cond_frames", "forget_after"):
             value = getattr(self, name)
             if value is not None and value < 1:

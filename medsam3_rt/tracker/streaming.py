@@ -128,6 +128,8 @@ class Stream:
         self._tracks: dict[int, ObjectTrack] = {}
         self._next_id = 0
         self._t = 0
+        self._shown_last = 0
+        self.detector_frames = 0  # frames on which the detector ran (StreamOptions.detect_every)
 
     @property
     def frame_index(self) -> int:
@@ -162,26 +164,40 @@ class Stream:
         clock = Stopwatch()
         t, next_id = self._t, self._next_id
         feats = self._frames.features(frame, clock)
-        out = self._frames.detect(feats, clock)
-        det = policy.select_detections(detection_scores(out), out[gc.PRED_MASKS], self.policy)
+        detecting = self._detects(t)
+        if detecting:
+            out = self._frames.detect(feats, clock)
+            det = policy.select_detections(detection_scores(out), out[gc.PRED_MASKS], self.policy)
+        else:
+            det = policy.Detections.empty(self._m)
         clock.lap("detector")
         trk_feats = {k: feats[k] for k in gc.TRK_FEATURES}
         tracks = list(self._tracks.values())
         table = self._table(tracks)
         step = self._propagate(tracks, trk_feats, t)
         clock.lap("tracker")
-        decision = policy.merge(det, table, step["masks"], step["score"], t, next_id, self.policy)
+        if detecting:
+            decision = policy.merge(det, table, step["masks"], step["score"], t, next_id, self.policy)
+        else:
+            decision = policy.tracker_only(table, step["masks"], step["score"], t, next_id, self.policy)
         new_tracks = self._apply(tracks, decision, det, step, trk_feats, t)
         clock.lap("merge+memory")
         result = self._outputs(frame.shape[:2], tracks, new_tracks, decision, det, step, t)
         clock.lap("postprocess")
         forgetting = self._finish_frame(result, t)
+        self._shown_last = len(result.object_ids)
+        self.detector_frames += int(detecting)
         if self.observer is not None:
             self.observer(MergeRecord(t, next_id, det, table, step["masks"], step["score"], decision, *forgetting))
         self._t += 1
         return replace(result, timings_ms=clock.ms)
 
     # -- steps ----------------------------------------------------------------------------
+    def _detects(self, t: int) -> bool:
+        """Whether frame t runs the detector: every k-th frame, and whenever the last frame showed nothing."""
+        k = self.options.detect_every
+        return k <= 1 or t % k == 0 or not self._tracks or self._shown_last == 0
+
     @staticmethod
     def _table(tracks: list[ObjectTrack]) -> policy.TrackTable:
         if not tracks:
