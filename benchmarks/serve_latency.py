@@ -8,7 +8,6 @@ concurrent requests queue: the numbers show the endpoint's overhead and how late
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import sys
 import time
@@ -19,21 +18,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from medsam3_rt.io.images import read_image
-from medsam3_rt.scale.serve import ServeSettings, start
+from medsam3_rt.scale.serve import ServeSettings, free_local_ports, start
 from medsam3_rt.segmenter import load
 
 DEMO = Path(__file__).resolve().parents[1] / "medsam3_rt" / "demo"
 PROMPTS = np.array([b"brain", b"lateral ventricle"], dtype=object)
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _request(url: str, crop: np.ndarray) -> float:
@@ -57,7 +46,7 @@ def main(n: int, stub: Path) -> None:
         t = time.perf_counter()
         seg.segment(c, ["brain", "lateral ventricle"])
         local.append(time.perf_counter() - t)
-    http, grpc, metrics = _ports(3)
+    http, grpc, metrics = free_local_ports(3)
     triton = start(DEMO / "model", ServeSettings(http, grpc, metrics, stub_env=stub))
     url = f"127.0.0.1:{grpc}"
     try:

@@ -480,11 +480,11 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: not a UTF-8 text file") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML training config; `overrides` ({"train.epochs": 2}) replace single keys."""
+def read_config_mapping(path: str | Path, overrides: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """A YAML config file as a mapping, `overrides` ({"train.epochs": 2}) set on single dotted keys."""
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a training config is a YAML mapping at the top level")
+        raise ConfigError(f"{path}: a {what} config is a YAML mapping at the top level")
     for dotted, value in (overrides or {}).items():
         node = data
         parts = dotted.split(".")
@@ -493,7 +493,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{dotted}': '{part}' is not a mapping in {path}")
         node[parts[-1]] = value
-    return from_dict(data, base_dir=Path(path).resolve().parent)
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML training config; `overrides` ({"train.epochs": 2}) replace single keys."""
+    return from_dict(read_config_mapping(path, overrides, "training"), base_dir=Path(path).resolve().parent)
 
 
 def default_yaml() -> str:

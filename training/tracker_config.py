@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ModelConfig, build, read_yaml
+from .config import ConfigError, ModelConfig, build, read_config_mapping
 
 
 @dataclass(frozen=True)
@@ -121,15 +121,4 @@ def tracker_config(data: dict[str, Any], base_dir: str | Path | None = None) -> 
 
 def load_tracker_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrackerTrainConfig:
     """Read a YAML tracker config; `overrides` ({"train.steps": 10}) replace single keys."""
-    data = read_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a tracker training config is a YAML mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{dotted}': '{part}' is not a mapping in {path}")
-        node[parts[-1]] = value
-    return tracker_config(data, Path(path).resolve().parent)
+    return tracker_config(read_config_mapping(path, overrides, "tracker training"), Path(path).resolve().parent)

@@ -9,6 +9,7 @@ and the clients keep the project's numpy 2 (docs/scale-out.md).
 from __future__ import annotations
 
 import os
+import socket
 import sysconfig
 import threading
 import time
@@ -71,6 +72,18 @@ class StreamTable:
                     self.streams.pop(stream_id, None)
                 else:
                     self.streams[stream_id] = (stream, time.monotonic())
+
+
+def free_local_ports(n: int) -> list[int]:
+    """n TCP ports free on 127.0.0.1 right now (for tests and benchmarks that start a server)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _image(a: np.ndarray, name: str) -> np.ndarray:

@@ -7,7 +7,6 @@ numpy<2 environment for Triton's Python stub (.ci/run makes `.ci/pytriton-stub`;
 from __future__ import annotations
 
 import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,21 +27,11 @@ if not (STUB / "bin" / "python").exists():
     pytest.skip(f"no numpy<2 stub environment at {STUB} (.ci/run makes it)", allow_module_level=True)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def server():
-    from medsam3_rt.scale.serve import ServeSettings, start
+    from medsam3_rt.scale.serve import ServeSettings, free_local_ports, start
 
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_local_ports(3)
     triton = start(MODEL, ServeSettings(http, grpc, metrics, stream_idle_s=1.5, stub_env=STUB))
     yield triton, f"127.0.0.1:{grpc}"
     triton.stop()
