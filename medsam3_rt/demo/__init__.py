@@ -157,9 +157,10 @@ def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None =
                 ("volume-detect", seg.segment_volume(vol_path, vprompts, axis=v["axis"], window=window, mode="detect", options=options))
             )
         vstem = v["image"].removesuffix(".nii.gz")
+        truths = {p: np.asanyarray(nib.load(str(SAMPLES_DIR / v["masks"][p])).dataobj) > 0 for p in vprompts}
         for kind, r in runs:
             for k, p in enumerate(vprompts):
-                truth = np.asanyarray(nib.load(str(SAMPLES_DIR / v["masks"][p])).dataobj) > 0
+                truth = truths[p]
                 pred = r.labels == k + 1
                 dice, iou = metrics.dice(pred, truth), metrics.iou(pred, truth)
                 rows.append(DemoRow(v["image"], kind, p, None, dice, iou, int(pred.sum()), int(truth.sum())))
