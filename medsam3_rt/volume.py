@@ -145,9 +145,11 @@ def segment_volume(
 
     bidirectional = bidirectional and isinstance(stream, Stream)  # without a tracker, slices are independent
     start = most_confident_slice(stream, volume) if bidirectional and n > 1 else 0
+    # `run` holds each slice back as Meta's video predictor does (the hot-start delay), so an
+    # object removed a few slices after it appears is hidden from every slice
     stream.reset()
-    for i in range(start, n):
-        consume(i, stream.push(volume.slice(i)), lambda o: o)
+    for fr in stream.run(volume.slice(i) for i in range(start, n)):
+        consume(start + fr.frame_index, fr, lambda o: o)
     if start > 0:
         # The backward pass sees the anchor slice first, so it creates the same objects there, with
         # the same ids, as the forward pass did; objects it finds later get ids after the forward pass's.
@@ -155,8 +157,8 @@ def segment_volume(
         stream.reset()
         stream.push(volume.slice(start))
         anchored = stream.next_object_id
-        for i in range(start - 1, -1, -1):
-            consume(i, stream.push(volume.slice(i)), lambda o: o if o < anchored else offset + (o - anchored))
+        for fr in stream.run(volume.slice(i) for i in range(start - 1, -1, -1)):
+            consume(start - fr.frame_index, fr, lambda o: o if o < anchored else offset + (o - anchored))
     objects = tuple(
         ObjectSummary(
             oid, e["prompt"], stream.prompts[e["prompt"]], e["score"], e["first"], e["last"], e["voxels"], e["voxels"] * volume.voxel_ml

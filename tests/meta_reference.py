@@ -9,7 +9,8 @@ CPU, and `Tensor.cuda`, `Module.cuda`, `Tensor.pin_memory` return their argument
 Meta's 1008-px geometry; only the ViT and the text encoder are narrowed (`_create_vit_backbone`
 and `_create_text_encoder` are replaced by copies with smaller widths/depths for the duration
 of the build). Meta leaves the text encoder's `positional_embedding` and `text_projection` as
-`torch.empty`; they are initialised as open_clip does. `META_GEOMETRY` is the same geometry as
+`torch.empty`; they are initialised as open_clip does, and the detector's query scoring is
+sharpened (`HS_PROJ_GAIN`) so that a threshold separates queries. `META_GEOMETRY` is the same geometry as
 a transformers `config.json` for `medsam3-rt export sam3.pt --config`.
 """
 
@@ -127,6 +128,13 @@ def _narrow_builders(mb: Any) -> dict[str, Any]:
     return {"_create_vit_backbone": vit, "_create_text_encoder": text}
 
 
+# Meta's random initialisation gives all 200 queries the same detection score (to 3 decimals: the
+# presence head and the clamped dot-product saturate), so any threshold keeps none or all of them.
+# The query projection of the dot-product scoring is scaled up so that queries on a textured frame
+# score differently and a threshold picks a few: detections that come and go in the video test.
+HS_PROJ_GAIN = 30.0
+
+
 def _init_empty(model: torch.nn.Module, seed: int) -> None:
     """Deterministic values for the parameters Meta's builder leaves as `torch.empty` (open_clip's init)."""
     g = torch.Generator().manual_seed(seed)
@@ -153,6 +161,8 @@ def build_meta_video_model(seed: int = 0) -> torch.nn.Module:
         for name, fn in replaced.items():
             setattr(mb, name, fn)
     _init_empty(model, seed)
+    with torch.no_grad():
+        model.detector.dot_prod_scoring.hs_proj.weight.mul_(HS_PROJ_GAIN)
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all() or p.abs().max() > 1e6]
     assert not bad, f"uninitialised parameters in Meta's build: {bad[:5]}"
     return model.eval()

@@ -46,12 +46,12 @@ class Scenario:
 
 SCENARIOS = (
     # transformers' rules with the parity test's thresholds
-    Scenario("parity", {}, {}),
+    Scenario("parity", {"policy": "transformers"}, {}),
     # limits and re-anchoring: a cap on objects, forgetting, reconditioning every other frame on
     # detection masks (the random model's scores are low, so the confidence bars are lowered)
     Scenario(
         "limits",
-        {"max_objects": 3, "forget_after": 2},
+        {"policy": "transformers", "max_objects": 3, "forget_after": 2},
         {"recondition_every_nth_frame": 2, "recondition_on_trk_masks": False, "high_conf_thresh": 0.1, "high_iou_thresh": 0.3},
     ),
 )

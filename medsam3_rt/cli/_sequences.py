@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -159,10 +160,17 @@ def run_video(
     labels: list[np.ndarray] = []
     results: list[FrameResult] = []
     writer: VideoWriter | None = None
+    read: deque[np.ndarray] = deque()  # frames whose results `run` still holds back
+
+    def reading() -> Iterator[np.ndarray]:
+        for frame in frames:
+            read.append(frame)
+            yield frame
+
     with atomic_path(overlay_path) as tmp, seg.stream(prompts, options=options, window=window, mode="auto") as stream:
         try:
-            for i, frame in enumerate(frames):
-                fr = stream.push(frame)
+            for i, fr in enumerate(stream.run(reading())):
+                frame = read.popleft()
                 if writer is None:
                     writer = VideoWriter(tmp, fps, (frame.shape[1], frame.shape[0]))
                 if labels and fr.label_map.shape != labels[0].shape:

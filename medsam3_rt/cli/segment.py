@@ -25,7 +25,7 @@ from ..overlay import draw_overlay
 from ..preprocess import IntensityWindow, parse_window
 from ..segmenter import Segmenter, SegmentResult, load
 from ..tokenizer import as_prompt_list
-from ..tracker.settings import StreamOptions
+from ..tracker.settings import MODES, StreamOptions
 from ._sequences import DICOM_SEG_OUTPUTS, VIDEO_OUTPUTS, VOLUME_OUTPUTS, run_video, run_volume
 from .console import STATE, err_console, out_console, say
 
@@ -169,6 +169,14 @@ def segment(
     detect_every: int = typer.Option(
         1, "--detect-every", min=1, help="Volumes/video: run the detector on every k-th frame; the tracker alone in between."
     ),
+    track_policy: str = typer.Option(
+        "meta",
+        "--track-policy",
+        help="Volumes/video: 'meta' (SAM3's own track management, at most --max-objects) or 'transformers' (no removal).",
+    ),
+    max_objects: int | None = typer.Option(
+        None, "--max-objects", min=1, help="Volumes/video: objects tracked at once (default 16; 'transformers': the model's)."
+    ),
     no_nms: bool = typer.Option(False, "--no-nms", help="Volumes/video: no detection NMS (as transformers without hub kernels)."),
     no_fill_holes: bool = typer.Option(False, "--no-fill-holes", help="Volumes/video: no hole filling / sprinkle removal."),
     ray: str | None = typer.Option(
@@ -195,7 +203,11 @@ def segment(
 
         seg_output = dicom_seg_output(fmt, jobs, model_dir, codes, axis=axis, window=window, bidirectional=bidirectional, series=series)
         jobs = [replace(j, fmt=fmt) for j in jobs]
+    if track_policy not in MODES:
+        raise typer.BadParameter(f"--track-policy must be one of {', '.join(MODES)}", param_hint="--track-policy")
     stream_options = StreamOptions(
+        policy=track_policy,  # type: ignore[arg-type]
+        max_objects=max_objects,
         nms=not no_nms,
         fill_holes=not no_fill_holes,
         forget_after=forget_after,

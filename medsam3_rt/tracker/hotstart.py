@@ -8,8 +8,9 @@ counter reached 0 when `suppress_unmatched_only_within_hotstart` is off. This is
 Meta's object set on a stream where the detector keeps firing on noise. Only the forward
 direction is implemented: it is the causal one a live stream can run.
 
-Not yet wired into `Stream` (see docs/streaming.md); tests/tracker/test_meta_video_hotstart.py holds
-it equal to Meta's own method frame by frame.
+`policy.merge` runs it in mode "meta" (the default); tests/tracker/test_meta_video_hotstart.py
+holds it equal to Meta's own method frame by frame. Meta keeps this state for every object
+it ever saw; `prune` keeps what can still change a decision, so a live stream stays bounded.
 """
 
 from __future__ import annotations
@@ -137,3 +138,23 @@ def matched_tracks(
     ious = mk.mask_iou(det_masks > 0, trk_bin)
     ious = np.where(det_prompt_ids[:, None] == trk_prompt_ids[None, :], ious, 0.0)
     return {d: trk_obj_ids[ious[d] >= assoc_iou_thresh].astype(np.int64) for d in range(len(det_masks))}, empty
+
+
+def prune(state: HotstartState, alive: Iterable[int], t: int, cfg: HotstartConfig) -> HotstartState:
+    """`state` without what can no longer change a decision (in place; returned).
+
+    Objects no longer tracked are dropped. An object first seen at or before t - hotstart_delay
+    is past its hot start: no rule can remove it any more, so only its last unmatched frame
+    (the keep-alive suppression looks for any) and none of the overlaps where it is the
+    younger object are kept; its keep-alive counter stays.
+    """
+    live = {int(o) for o in alive}
+    horizon = t - cfg.hotstart_delay
+    state.first_frame = {o: f for o, f in state.first_frame.items() if o in live}
+    state.keep_alive = {o: k for o, k in state.keep_alive.items() if o in live}
+    state.unmatched_frames = {o: (f if state.first_frame[o] > horizon else f[-1:]) for o, f in state.unmatched_frames.items() if o in live}
+    state.overlap_frames = {
+        (a, b): f for (a, b), f in state.overlap_frames.items() if a in live and b in live and state.first_frame[b] > horizon
+    }
+    state.removed = set()
+    return state

@@ -10,7 +10,7 @@ was not trained) can still process volumes and videos, and says so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -73,6 +73,11 @@ class FrameDetector:
 
     def best_detection_score(self, frame: np.ndarray) -> float:
         return self._frames.best_detection_score(frame)
+
+    def run(self, frames: Iterable[np.ndarray], *, delay: int | None = None) -> Iterator[FrameResult]:
+        """`push` on every frame (independent frames have nothing to hold back; `delay` is ignored)."""
+        for frame in frames:
+            yield self.push(frame)
 
     def push(self, frame: np.ndarray) -> FrameResult:
         clock = Stopwatch()

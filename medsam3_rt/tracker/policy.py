@@ -9,9 +9,17 @@ non-overlapping outputs, and which objects are forgotten. `Stream` runs the grap
 these in order; the C++ library (cpp_bindings/src/policy.cpp) implements the same functions
 and both are checked against the recorded frames in tests/golden/tracker_policy/.
 
-`PolicyConfig.mode` names the rule set. "transformers" reproduces `Sam3VideoModel` in
-streaming mode (the parity tests hold it to that). Meta's hot-start removal of unmatched and
-duplicate tracks is in `hotstart.py`, checked against Meta's code but not yet selectable here.
+`PolicyConfig.mode` names the rule set:
+
+- "meta" (default) is SAM3 as its authors run it (Meta's `Sam3VideoBase`, forward direction):
+  the same association, plus the hot-start rules (`hotstart.py`: young tracks that stay
+  unmatched or duplicate another are removed, and hidden from outputs), new objects that do
+  not re-encode the memory of existing ones, and a cap on objects where, once full, a
+  confident new detection replaces a stale track (empty now, or no longer confirmed by the
+  detector) instead of being dropped. Below the cap this is exactly Meta's rule set
+  (tests/tracker/test_meta_video.py compares whole videos with Meta's video predictor).
+- "transformers" reproduces `Sam3VideoModel` in streaming mode (tests/tracker/
+  test_streaming_parity.py): no removal at all, and new detections beyond the cap are dropped.
 """
 
 from __future__ import annotations
@@ -24,20 +32,22 @@ import numpy as np
 
 from ..postprocess import sigmoid
 from . import masks as mk
-from .settings import StreamOptions, TrackerSettings
+from .hotstart import HotstartConfig, HotstartState, hotstart_step
+from .settings import MODES, StreamOptions, TrackerSettings
 
-PolicyMode = Literal["transformers"]
-MODES: tuple[str, ...] = ("transformers",)
+PolicyMode = Literal["meta", "transformers"]
+ALWAYS_OCCLUDED = 100_000  # Meta's last-occluded frame for a track removed on its first tracked frame
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """The thresholds and limits the policy reads (transformers' config names where it has one).
 
-    max_objects    cap on simultaneously tracked objects; the lowest-scoring new detections
-                   are dropped beyond it
+    max_objects    cap on simultaneously tracked objects (see the module docstring for what
+                   each mode does at the cap)
     forget_after   remove an object after this many consecutive frames without an output
-                   mask (None: never, as transformers' streaming mode)
+                   mask (None: never, as both references)
+    hotstart_*     Meta's hot-start rules (mode "meta" only; `hotstart.py`)
     """
 
     score_threshold_detection: float
@@ -57,6 +67,11 @@ class PolicyConfig:
     forget_after: int | None = None
     nms: bool = True
     mode: PolicyMode = "transformers"
+    hotstart_delay: int = 15
+    hotstart_unmatch_thresh: int = 8
+    hotstart_dup_thresh: int = 8
+    suppress_unmatched_only_within_hotstart: bool = True
+    decrease_trk_keep_alive_for_empty_masklets: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -68,10 +83,15 @@ class PolicyConfig:
         names = [f for f in cls.__dataclass_fields__ if hasattr(settings, f)]
         return cls(
             **{n: getattr(settings, n) for n in names},
-            max_objects=options.max_objects or settings.max_num_objects,
+            max_objects=options.resolved_max_objects(settings),
             forget_after=options.forget_after,
             nms=options.nms,
+            mode=options.policy,
         )
+
+    @property
+    def hotstart(self) -> HotstartConfig:
+        return HotstartConfig(**{f: getattr(self, f) for f in HotstartConfig.__dataclass_fields__})
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -102,6 +122,7 @@ class TrackTable:
     prompt_ids: np.ndarray  # (N,) int64
     last_occluded: np.ndarray  # (N,) int64: last frame with an empty or suppressed mask; -1 never
     keep_alive: np.ndarray  # (N,) int64
+    first_frame: np.ndarray | None = None  # (N,) int64: frame the object was added (mode "meta" reads it)
 
     def __len__(self) -> int:
         return len(self.obj_ids)
@@ -109,7 +130,7 @@ class TrackTable:
     @classmethod
     def empty(cls) -> TrackTable:
         z = np.zeros(0, np.int64)
-        return cls(z, z, z, z)
+        return cls(z, z, z, z, z)
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,8 @@ class Association:
     unmatched: np.ndarray  # obj ids of non-empty tracks that no detection overlaps (trk_assoc_iou_thresh)
     matched: np.ndarray  # obj ids matched by some detection (assoc_iou_thresh), ascending
     high_conf: dict[int, int] = field(default_factory=dict)  # obj id -> confident detection with high IoU
+    det_to_matched: dict[int, np.ndarray] = field(default_factory=dict)  # detection -> obj ids it matches
+    empty: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # obj ids with an empty mask
 
 
 @dataclass(frozen=True)
@@ -136,7 +159,12 @@ class MergeDecision:
     memory_masks / memory_scores
                    what the memory encoder writes for the existing tracks (binarize off)
     rerun          rows of the tracks whose memory is re-encoded with the new objects (binarize
-                   on), empty when no object is new
+                   on), empty when no object is new (always empty in mode "meta")
+    removed        obj ids the hot-start rules remove after this frame; hidden from its output
+                   (and, in `Stream.run`, from the frames still held back)
+    evicted        obj ids of stale tracks removed after this frame to make room at the cap
+    hidden         obj ids hidden on this frame only (Meta's keep-alive suppression)
+    hotstart       the hot-start state after this frame (mode "meta"; None otherwise)
     """
 
     association: Association
@@ -149,6 +177,10 @@ class MergeDecision:
     memory_masks: np.ndarray
     memory_scores: np.ndarray
     rerun: np.ndarray
+    removed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    evicted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    hidden: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    hotstart: HotstartState | None = None
 
 
 # -- detections ---------------------------------------------------------------------------------
@@ -185,8 +217,9 @@ def associate(det: Detections, trk_masks: np.ndarray, tracks: TrackTable, cfg: P
         return Association(np.arange(n_det, dtype=np.int64), none, none, {})
     trk_bin = trk_masks > 0
     nonempty = trk_bin.any(axis=(1, 2))
+    empty = tracks.obj_ids[~nonempty].astype(np.int64)
     if n_det == 0:
-        return Association(none, tracks.obj_ids[nonempty].astype(np.int64), none, {})
+        return Association(none, tracks.obj_ids[nonempty].astype(np.int64), none, {}, {}, empty)
     ious = mk.mask_iou(det.masks > 0, trk_bin)
     ious = np.where(det.prompt_ids[:, None] == tracks.prompt_ids[None, :], ious, 0.0)
     trk_matched = (ious >= cfg.trk_assoc_iou_thresh).any(axis=0)
@@ -198,7 +231,8 @@ def associate(det: Detections, trk_masks: np.ndarray, tracks: TrackTable, cfg: P
     high_conf: dict[int, int] = {}
     for d in np.flatnonzero(confident):  # a later detection overrides an earlier one for the same track
         high_conf[int(tracks.obj_ids[int(np.argmax(ious[d]))])] = int(d)
-    return Association(np.flatnonzero(is_new).astype(np.int64), unmatched, matched, high_conf)
+    det_to_matched = {d: tracks.obj_ids[assoc[d]].astype(np.int64) for d in range(n_det)}
+    return Association(np.flatnonzero(is_new).astype(np.int64), unmatched, matched, high_conf, det_to_matched, empty)
 
 
 def cap_new_objects(new: np.ndarray, det_scores: np.ndarray, num_tracks: int, max_objects: int) -> np.ndarray:
@@ -207,6 +241,22 @@ def cap_new_objects(new: np.ndarray, det_scores: np.ndarray, num_tracks: int, ma
         return new
     room = max(max_objects - num_tracks, 0)
     return new[np.argsort(-det_scores[new], kind="stable")[:room]]
+
+
+def stale_tracks(tracks: TrackTable, assoc: Association, keep_alive: np.ndarray, exclude: np.ndarray, count: int) -> np.ndarray:
+    """Up to `count` obj ids a full stream may give up for new objects (mode "meta").
+
+    Stale means empty on this frame, or no longer confirmed by the detector (keep-alive
+    counter at or below 0); tracks matched on this frame, or in `exclude`, never are. Most
+    stale first: empty before non-empty, then lowest keep-alive, then oldest id.
+    """
+    if count <= 0 or len(tracks) == 0:
+        return np.zeros(0, np.int64)
+    empty = np.isin(tracks.obj_ids, assoc.empty)
+    candidates = (empty | (keep_alive <= 0)) & ~np.isin(tracks.obj_ids, assoc.matched) & ~np.isin(tracks.obj_ids, exclude)
+    rows = np.flatnonzero(candidates)
+    order = np.lexsort((tracks.obj_ids[rows], keep_alive[rows], ~empty[rows]))
+    return tracks.obj_ids[rows[order][:count]].astype(np.int64)
 
 
 def update_keep_alive(tracks: TrackTable, assoc: Association, cfg: PolicyConfig) -> np.ndarray:
@@ -243,7 +293,8 @@ def suppress_recently_occluded(
     """Of two tracks of one prompt overlapping at IoU >= threshold, hide the one occluded more recently.
 
     Returns the masks (suppressed ones set to NO_OBJ_LOGIT) and the new last-occluded frames
-    (t for tracks that are empty or suppressed now).
+    (t for tracks that are empty or suppressed now). Mode "meta" passes ALWAYS_OCCLUDED for a
+    track the hot-start rules remove on its first tracked frame: it yields to any overlap.
     """
     binary = trk_masks > 0
     suppress = np.zeros(len(trk_masks), bool)
@@ -301,18 +352,40 @@ def merge(
     t: int,
     next_id: int,
     cfg: PolicyConfig,
+    hotstart: HotstartState | None = None,
 ) -> MergeDecision:
-    """The whole merge of frame t: associate, cap, count, re-anchor, suppress, memory inputs.
+    """The whole merge of frame t: associate, cap, count, remove, re-anchor, suppress, memory inputs.
 
     trk_masks (N, m, m) are the tracker's shown (hole-filled) low-res logits of `tracks`,
-    trk_score_logits (N,) its object-score logits.
+    trk_score_logits (N,) its object-score logits; `hotstart` is the hot-start state before
+    this frame (mode "meta"; a fresh state when None).
     """
+    meta = cfg.mode == "meta"
     assoc = associate(det, trk_masks, tracks, cfg)
-    new = cap_new_objects(assoc.new, det.scores, len(tracks), cfg.max_objects)
     keep_alive = update_keep_alive(tracks, assoc, cfg)
+    removed = evicted = hidden = np.zeros(0, np.int64)
+    state = None
+    if meta:
+        state = hotstart if hotstart is not None else HotstartState()
+        wanted = cap_new_objects(assoc.new, det.scores, 0, cfg.max_objects)  # a new object never displaces more than the cap
+        overflow = len(tracks) + len(wanted) - cfg.max_objects
+        evicted = stale_tracks(tracks, assoc, keep_alive, np.zeros(0, np.int64), overflow)
+        new = cap_new_objects(wanted, det.scores, len(tracks) - len(evicted), cfg.max_objects)
+        new_obj_ids = np.arange(next_id, next_id + len(new), dtype=np.int64)
+        step = hotstart_step(state, t, assoc.det_to_matched, new_obj_ids, assoc.empty, assoc.unmatched, cfg.hotstart)
+        state = step.state
+        removed = np.array(sorted(step.removed), np.int64)
+        evicted = np.setdiff1d(evicted, removed).astype(np.int64)
+        hidden = np.array(sorted(step.suppressed - step.removed), np.int64)
+    else:
+        new = cap_new_objects(assoc.new, det.scores, len(tracks), cfg.max_objects)
     recond = reconditioning(assoc, tracks, trk_score_logits, t, cfg)
     thr = cfg.suppress_overlapping_based_on_recent_occlusion_threshold
-    shown, last_occluded = suppress_recently_occluded(trk_masks, tracks.prompt_ids, tracks.last_occluded, t, thr)
+    last_occluded_before = tracks.last_occluded
+    if meta and len(removed) and tracks.first_frame is not None:
+        first_tracked = tracks.first_frame == t - 1  # Meta keeps no last-occluded entry for these yet
+        last_occluded_before = np.where(first_tracked & np.isin(tracks.obj_ids, removed), ALWAYS_OCCLUDED, last_occluded_before)
+    shown, last_occluded = suppress_recently_occluded(trk_masks, tracks.prompt_ids, last_occluded_before, t, thr)
     mem_masks, mem_scores = memory_inputs(shown, tracks, recond, det, cfg)
     return MergeDecision(
         association=assoc,
@@ -324,7 +397,11 @@ def merge(
         shown=shown,
         memory_masks=mem_masks,
         memory_scores=mem_scores,
-        rerun=rerun_rows(tracks, recond, len(new)),
+        rerun=np.zeros(0, np.int64) if meta else rerun_rows(tracks, recond, len(new)),
+        removed=removed,
+        evicted=evicted,
+        hidden=hidden,
+        hotstart=state,
     )
 
 
@@ -337,9 +414,19 @@ def tracker_only(
     (keep-alive counters unchanged): a detection that was not looked for is not a miss.
     Occlusion suppression and the memory inputs are the tracker's, as on every frame.
     """
-    decision = merge(Detections.empty(trk_masks.shape[-1]), tracks, trk_masks, trk_score_logits, t, next_id, cfg)
+    # no detection, hence no new object, count or removal: the rule sets agree on everything else
+    plain = replace(cfg, mode="transformers")
+    decision = merge(Detections.empty(trk_masks.shape[-1]), tracks, trk_masks, trk_score_logits, t, next_id, plain)
     none = np.zeros(0, np.int64)
-    return replace(decision, association=Association(new=none, unmatched=none, matched=none), keep_alive=tracks.keep_alive.copy())
+    return replace(
+        decision,
+        association=Association(new=none, unmatched=none, matched=none),
+        keep_alive=tracks.keep_alive.copy(),
+        removed=none,
+        evicted=none,
+        hidden=none,
+        hotstart=None,  # the hot-start rules count detector frames only: the caller keeps its state
+    )
 
 
 # -- outputs and forgetting ------------------------------------------------------------------------
@@ -354,12 +441,18 @@ class FrameObjects:
     label_map: np.ndarray  # (H, W) uint8: 0 background, k for the k-th prompt
 
 
-def frame_objects(logits: np.ndarray, prompt_ids: np.ndarray, tracker_scores: np.ndarray) -> FrameObjects:
-    """Drop empty masks, give a pixel claimed by several objects of a prompt to the most confident
-    tracker score, and label each pixel with the prompt of its most probable object."""
+def frame_objects(logits: np.ndarray, prompt_ids: np.ndarray, tracker_scores: np.ndarray, hidden: np.ndarray | None = None) -> FrameObjects:
+    """Drop empty and hidden masks, give a pixel claimed by several objects of a prompt to the most
+    confident tracker score, and label each pixel with the prompt of its most probable object.
+
+    hidden (N,) bool: rows not shown (Meta hides removed/suppressed objects before resolving overlaps).
+    """
     h, w = logits.shape[1:]
     masks = logits > 0
-    keep = np.flatnonzero(masks.any(axis=(1, 2)))
+    shown = masks.any(axis=(1, 2))
+    if hidden is not None:
+        shown &= ~hidden
+    keep = np.flatnonzero(shown)
     masks, logits = masks[keep], logits[keep]
     masks = mk.object_wise_non_overlap(masks, tracker_scores[keep], prompt_ids[keep])
     label = np.zeros((h, w), np.uint8)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ManifestError, UsageError
+
+MODES: tuple[str, ...] = ("meta", "transformers")
+# Objects tracked at once by default (mode "meta"): bounds per-frame time and memory on a
+# live stream. Meta's video model compiles its tracker for 16 objects (num_obj_for_compile).
+DEFAULT_MAX_OBJECTS = 16
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,19 @@ class TrackerSettings:
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """How a stream runs; the defaults reproduce transformers' Sam3VideoModel in streaming mode.
+    """How a stream runs; the defaults are SAM3's own rules (Meta's code), bounded.
 
+    policy             "meta" (default): Meta's track management (hot-start removal of young
+                       tracks that stay unmatched or duplicate another; keep-alive counters),
+                       at most `max_objects` objects, a stale track (empty, or no longer
+                       confirmed by the detector) making room for a confident new detection.
+                       "transformers": transformers' Sam3VideoModel in streaming mode (no
+                       removal; new detections beyond the cap dropped; the cap defaults to
+                       the model's max_num_objects, 10,000)
     nms / fill_holes   detection NMS and hole filling, which transformers runs only with its
                        optional hub kernels; on by default here
-    max_objects        cap on simultaneously tracked objects (None: the model's max_num_objects);
-                       the lowest-scoring new detections are dropped beyond it
+    max_objects        cap on simultaneously tracked objects (None: 16 with policy "meta",
+                       the model's max_num_objects with "transformers")
     max_cond_frames    conditioning frames kept per object (None: the model's max_cond_frame_num).
                        transformers keeps every one (each reconditioning adds one) and feeds all
                        their pointers to memory attention, so its per-frame cost grows with video
@@ -77,6 +89,7 @@ class StreamOptions:
                        transformers. Python runtime only (libmedsam3rt detects every frame)
     """
 
+    policy: Literal["meta", "transformers"] = "meta"
     nms: bool = True
     fill_holes: bool = True
     max_objects: int | None = None
@@ -87,6 +100,8 @@ class StreamOptions:
     detect_every: int = 1
 
     def __post_init__(self) -> None:
+        if self.policy not in MODES:
+            raise UsageError(f"stream policy must be one of {', '.join(MODES)}, got {self.policy!r}")
         if isinstance(self.detect_every, bool) or not isinstance(self.detect_every, int) or self.detect_every < 1:
             raise UsageError(f"detect_every must be an integer >= 1, got {self.detect_every!r}")
         for name in ("max_objects", "max_cond_frames", "forget_after"):
@@ -97,6 +112,12 @@ class StreamOptions:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise UsageError(f"{name} must be within 0..1, got {value}")
+
+    def resolved_max_objects(self, settings: TrackerSettings) -> int:
+        """The cap this stream runs with (see `max_objects`)."""
+        if self.max_objects is not None:
+            return self.max_objects
+        return DEFAULT_MAX_OBJECTS if self.policy == "meta" else settings.max_num_objects
 
     def apply(self, settings: TrackerSettings) -> TrackerSettings:
         """The model's settings with this stream's threshold overrides."""

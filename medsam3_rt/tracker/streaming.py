@@ -14,18 +14,25 @@ in streaming mode, on the exported graphs:
 6. outputs at input resolution, overlaps resolved per prompt by tracker confidence.
 
 Per-frame time and memory do not grow with the number of frames: each object's bank is
-bounded (see `memory.py`) and the number of objects is capped.
+bounded (see `memory.py`), the number of objects is capped (16 by default), and the hot-start
+state only holds tracked objects.
+
+`push` is causal: frame t's objects are decided with frames 0..t. Meta's video predictor holds
+each frame back `hotstart_delay` frames, so that an object the hot-start rules remove soon after
+it appears is hidden from every frame; `run(frames)` does the same for offline work (videos
+on disk, volumes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .. import graph_contract as gc
-from ..errors import ManifestError
+from ..errors import ManifestError, UsageError
 from ..model import Model
 from ..pipeline import FramePipeline, detection_scores
 from ..postprocess import sigmoid
@@ -33,8 +40,8 @@ from ..preprocess import IntensityWindow
 from ..resample import resize
 from ..stopwatch import Stopwatch
 from ..tokenizer import as_prompt_list
+from . import hotstart, policy
 from . import masks as mk
-from . import policy
 from .memory import MemoryEntry, ObjectTrack, gather
 from .settings import StreamOptions, TrackerSettings
 
@@ -84,6 +91,20 @@ class MergeRecord:
     removed: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Shown:
+    """A frame's objects before hiding: what `Stream.run` keeps while a frame is held back."""
+
+    frame_index: int
+    hw: tuple[int, int]
+    obj_ids: np.ndarray
+    prompt_ids: np.ndarray
+    scores: np.ndarray
+    tracker_scores: np.ndarray
+    low: np.ndarray  # (N, m, m) low-res logits
+    hidden: np.ndarray  # obj ids hidden on this frame whatever comes later
+
+
 class Stream:
     """One video or volume. Not thread-safe: use one stream per thread.
 
@@ -129,6 +150,9 @@ class Stream:
         self._next_id = 0
         self._t = 0
         self._shown_last = 0
+        self._hotstart = hotstart.HotstartState()
+        self._last_shown: _Shown | None = None
+        self._last_removed = np.zeros(0, np.int64)
         self.detector_frames = 0  # frames on which the detector ran (StreamOptions.detect_every)
 
     @property
@@ -139,6 +163,12 @@ class Stream:
     @property
     def num_objects(self) -> int:
         return len(self._tracks)
+
+    @property
+    def output_delay(self) -> int:
+        """Frames `run` holds each result back by default: the model's hotstart_delay with policy
+        "meta" (as Meta's video predictor), 0 with "transformers"."""
+        return self.settings.hotstart_delay if self.policy.mode == "meta" else 0
 
     @property
     def next_object_id(self) -> int:
@@ -177,12 +207,15 @@ class Stream:
         step = self._propagate(tracks, trk_feats, t)
         clock.lap("tracker")
         if detecting:
-            decision = policy.merge(det, table, step["masks"], step["score"], t, next_id, self.policy)
+            decision = policy.merge(det, table, step["masks"], step["score"], t, next_id, self.policy, self._hotstart)
         else:
             decision = policy.tracker_only(table, step["masks"], step["score"], t, next_id, self.policy)
         new_tracks = self._apply(tracks, decision, det, step, trk_feats, t)
         clock.lap("merge+memory")
-        result = self._outputs(frame.shape[:2], tracks, new_tracks, decision, det, step, t)
+        shown = self._outputs(frame.shape[:2], tracks, new_tracks, decision, det, step, t)
+        result = self._hide(shown, decision.removed)
+        self._last_shown, self._last_removed = shown, decision.removed
+        self._remove(decision, t)
         clock.lap("postprocess")
         forgetting = self._finish_frame(result, t)
         self._shown_last = len(result.object_ids)
@@ -191,6 +224,30 @@ class Stream:
             self.observer(MergeRecord(t, next_id, det, table, step["masks"], step["score"], decision, *forgetting))
         self._t += 1
         return replace(result, timings_ms=clock.ms)
+
+    def run(self, frames: Iterable[np.ndarray], *, delay: int | None = None) -> Iterator[FrameResult]:
+        """Segment a whole sequence, each result held back `delay` frames (default `output_delay`).
+
+        An object the hot-start rules remove while a frame is held back is hidden from that
+        frame too, as Meta's `propagate_in_video` does; results come in frame order, the last
+        ones when `frames` ends. With delay 0 this is `push` on every frame.
+        """
+        wait = self.output_delay if delay is None else delay
+        if wait < 0:
+            raise UsageError(f"delay must be >= 0, got {delay}")
+        held: deque[tuple[_Shown, dict[str, float]]] = deque()
+        removed: set[int] = set()
+        for frame in frames:
+            timings = self.push(frame).timings_ms
+            assert self._last_shown is not None
+            held.append((self._last_shown, timings))
+            removed.update(int(o) for o in self._last_removed)
+            if len(held) >= max(wait, 1):
+                shown, timings = held.popleft()
+                yield replace(self._hide(shown, np.array(sorted(removed), np.int64)), timings_ms=timings)
+        while held:
+            shown, timings = held.popleft()
+            yield replace(self._hide(shown, np.array(sorted(removed), np.int64)), timings_ms=timings)
 
     # -- steps ----------------------------------------------------------------------------
     def _detects(self, t: int) -> bool:
@@ -203,7 +260,7 @@ class Stream:
         if not tracks:
             return policy.TrackTable.empty()
         col = lambda name: np.array([getattr(tr, name) for tr in tracks], np.int64)  # noqa: E731
-        return policy.TrackTable(col("obj_id"), col("prompt_id"), col("last_occluded"), col("keep_alive"))
+        return policy.TrackTable(col("obj_id"), col("prompt_id"), col("last_occluded"), col("keep_alive"), col("first_frame"))
 
     def _propagate(self, tracks: list[ObjectTrack], trk_feats: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
         """Tracker step for all objects; their new entries are stored without memory yet."""
@@ -290,8 +347,16 @@ class Stream:
             self._tracks[tr.obj_id] = tr
         return new_tracks
 
-    def _outputs(self, hw, tracks, new_tracks, decision: policy.MergeDecision, det: policy.Detections, step, t) -> FrameResult:
-        """`build_outputs` + the video processor's post-processing, at input resolution."""
+    def _remove(self, decision: policy.MergeDecision, t: int) -> None:
+        """Meta's execution phase: objects the hot-start rules removed (and stale tracks given up
+        at the cap) leave after this frame's outputs; the hot-start state keeps tracked objects only."""
+        for obj_id in (*decision.removed.tolist(), *decision.evicted.tolist()):
+            self._tracks.pop(int(obj_id), None)
+        if decision.hotstart is not None:
+            self._hotstart = hotstart.prune(decision.hotstart, self._tracks, t, self.policy.hotstart)
+
+    def _outputs(self, hw, tracks, new_tracks, decision: policy.MergeDecision, det: policy.Detections, step, t) -> _Shown:
+        """`build_outputs`: every object's low-res logits this frame (hiding and resizing come in `_hide`)."""
         h, w = int(hw[0]), int(hw[1])
         recond = decision.recond
         low = [det.masks[recond[tr.obj_id]] if tr.obj_id in recond else decision.shown[i] for i, tr in enumerate(tracks)]
@@ -303,14 +368,31 @@ class Stream:
         prompt_ids = np.array([tr.prompt_id for tr in every], np.int64)
         scores = np.array([tr.det_score for tr in every], np.float32)
         tscores = np.concatenate([sigmoid(step["score"]), scores[len(tracks) :]]).astype(np.float32)
-        if every:
-            logits = resize(np.stack(low), (h, w), axes=(1, 2), antialias=False)
+        stacked = np.stack(low).astype(np.float32) if every else np.zeros((0, self._m, self._m), np.float32)
+        return _Shown(t, (h, w), ids, prompt_ids, scores, tscores, stacked, decision.hidden)
+
+    def _hide(self, shown: _Shown, removed: np.ndarray) -> FrameResult:
+        """The video processor's post-processing at input resolution, without hidden/removed objects."""
+        h, w = shown.hw
+        if len(shown.obj_ids):
+            logits = resize(shown.low, (h, w), axes=(1, 2), antialias=False)
         else:
             logits = np.zeros((0, h, w), np.float32)
-        shown = policy.frame_objects(logits, prompt_ids, tscores)
-        k = shown.keep
-        boxes = mk.boxes_from_masks(shown.masks)
-        return FrameResult(t, self.prompts, ids[k], prompt_ids[k], shown.masks, scores[k], tscores[k], boxes, shown.label_map)
+        hidden = np.isin(shown.obj_ids, shown.hidden) | np.isin(shown.obj_ids, removed)
+        objs = policy.frame_objects(logits, shown.prompt_ids, shown.tracker_scores, hidden)
+        k = objs.keep
+        boxes = mk.boxes_from_masks(objs.masks)
+        return FrameResult(
+            shown.frame_index,
+            self.prompts,
+            shown.obj_ids[k],
+            shown.prompt_ids[k],
+            objs.masks,
+            shown.scores[k],
+            shown.tracker_scores[k],
+            boxes,
+            objs.label_map,
+        )
 
     def _finish_frame(self, result: FrameResult, t: int) -> tuple[np.ndarray, ...]:
         """Forget objects by the policy; prune every remaining bank to what later frames read."""

@@ -663,7 +663,9 @@ def test_c_api_stream_matches_python(build: Path, tiny_video_export: Path, video
     opts.detection_threshold, opts.new_object_threshold = DETECTION_THRESHOLD, NEW_OBJECT_THRESHOLD
     stream = ctypes.c_void_p()
     native._check(lib.medsam3rt_stream_open(native.model, native.prompts, ctypes.byref(opts), ctypes.byref(stream)))
-    options = medsam3_rt.StreamOptions(detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD)
+    options = medsam3_rt.StreamOptions(
+        policy="transformers", detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD
+    )
     frames = _stream_frames(10)
     seen = 0
     try:
@@ -735,7 +737,9 @@ def test_stream_video_example_matches_python(build: Path, tiny_video_export: Pat
                  "--detection-threshold", str(DETECTION_THRESHOLD), "--new-object-threshold", str(NEW_OBJECT_THRESHOLD)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{len(frames)} frames" in proc.stdout
-    options = medsam3_rt.StreamOptions(detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD)
+    options = medsam3_rt.StreamOptions(
+        policy="transformers", detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD
+    )
     shown = 0
     with medsam3_rt.load(tiny_video_export, "openvino") as seg, seg.stream(["liver", "polyp"], options=options) as py:
         for t, img in enumerate(frames):

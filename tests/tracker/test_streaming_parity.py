@@ -110,7 +110,9 @@ def test_stream_matches_sam3_video_model(tiny_video_hf_dir: Path, tiny_video_exp
     assert any(sum(p == 0 for _, p in r.values()) >= 2 for r in ref), "a prompt must have several objects"
 
     seg = medsam3_rt.load(tiny_video_export, "ort-cpu")
-    options = medsam3_rt.StreamOptions(detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD)
+    options = medsam3_rt.StreamOptions(
+        policy="transformers", detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD
+    )
     with seg.stream(PROMPTS, options=options) as stream:
         for t, (frame, expected) in enumerate(zip(frames, ref, strict=True)):
             got = stream.push(frame)
@@ -130,7 +132,9 @@ def test_plain_reference_without_hub_kernels(tiny_video_hf_dir: Path, tiny_video
     ref = reference_run(tiny_video_hf_dir, frames)
     seg = medsam3_rt.load(tiny_video_export, "ort-cpu")
     options = medsam3_rt.StreamOptions(
-        nms=False, fill_holes=False, detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD
+        policy="transformers",
+        nms=False,
+        fill_holes=False, detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD
     )
     stream = seg.stream(PROMPTS, options=options)
     for t, (frame, expected) in enumerate(zip(frames, ref, strict=True)):

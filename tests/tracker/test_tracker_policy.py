@@ -165,7 +165,7 @@ def test_forget_counts_and_removes() -> None:
 
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="mode"):
-        replace(CFG, mode="meta")  # type: ignore[arg-type]
+        replace(CFG, mode="sam2")  # type: ignore[arg-type]
 
 
 # -- properties ------------------------------------------------------------------------------------
