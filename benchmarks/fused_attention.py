@@ -4,8 +4,8 @@ Exports one random-weight preset twice (`--attention unfused` and `--attention f
 seed, so the same weights), then runs every graph of each export in its own process on the
 same chained inputs (the exporter's parity inputs, computed once from the unfused export), so
 a graph's peak RSS is its own: `peak_rss_mib` is the process peak, `run_peak_mib` the growth
-over the RSS after the session opened (what running the graph adds). Ratios are fused/unfused
-from the same run.
+over the RSS after the session opened (what running the graph adds); both from /proc's VmHWM
+(ru_maxrss would carry the parent's peak over exec). Ratios are fused/unfused from the same run.
 
 Usage: nice -n 10 python -m benchmarks.fused_attention [--preset small] [--work DIR]
        [--out benchmarks/results/fused-attention-small.json]
@@ -35,31 +35,33 @@ print(json.dumps({"export_s": wall, "export_peak_rss_mib": resource.getrusage(re
 """
 
 _GRAPH_CHILD = """
-import json, resource, sys, time
+import json, sys, time
+from pathlib import Path
 import numpy as np
 from medsam3_rt.backends import OrtCpuBackend, OrtCpuOptions
 from medsam3_rt.manifest import load_manifest
 
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def status_mib(key):
+    # VmHWM/VmRSS of this process image: unlike ru_maxrss, VmHWM does not carry the parent's peak over exec
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
 
 export, name, inputs_file, lean, repeats = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
 inputs = dict(np.load(inputs_file))
 entry = load_manifest(export).graphs[name]
 t0 = time.perf_counter()
-runner = OrtCpuBackend(OrtCpuOptions(lean=lean)).open(entry, __import__("pathlib").Path(export))
+runner = OrtCpuBackend(OrtCpuOptions(lean=lean)).open(entry, Path(export))
 load_s = time.perf_counter() - t0
-opened = rss_mib()
-peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+opened, open_peak = status_mib("VmRSS"), status_mib("VmHWM")
 times = []
 for _ in range(repeats):
     t = time.perf_counter()
     runner.run(inputs)
     times.append(time.perf_counter() - t)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mib("VmHWM")
 print(json.dumps({"load_s": load_s, "run_s": min(times), "runs_s": times, "rss_after_open_mib": opened,
-                  "peak_rss_mib": peak, "run_peak_mib": peak - max(opened, peak_before) if peak > peak_before else 0.0}))
+                  "open_peak_mib": open_peak, "peak_rss_mib": peak, "run_peak_mib": max(0.0, peak - opened)}))
 """
 
 
@@ -112,13 +114,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lean", action="store_true", help="Open the sessions with OrtCpuOptions(lean=True).")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true", help="Reuse the exports in --work (export figures from the previous --out).")
     args = ap.parse_args()
     out = args.out or Path(f"benchmarks/results/fused-attention-{args.preset}.json")
     with tempfile.TemporaryDirectory(prefix="fused-attn-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         exports = {mode: work / f"{args.preset}-{mode}" for mode in MODES}
-        export_runs = {mode: export(args.preset, exports[mode], mode) for mode in MODES}
+        if args.reuse:
+            previous = json.loads(out.read_text())["exports"] if out.exists() else {}
+            export_runs = {mode: {k: v for k, v in previous.get(mode, {}).items() if k.startswith("export_")} for mode in MODES}
+        else:
+            export_runs = {mode: export(args.preset, exports[mode], mode) for mode in MODES}
         files = chained_inputs(exports["unfused"], work)
         graphs: dict[str, dict[str, dict[str, float]]] = {}
         for name, inputs in files.items():
@@ -127,9 +134,11 @@ def main() -> None:
             graphs[name]["fused_vs_unfused"] = {
                 "run_time_ratio": f["run_s"] / u["run_s"],
                 "peak_rss_ratio": f["peak_rss_mib"] / u["peak_rss_mib"],
+                "run_peak_ratio": f["run_peak_mib"] / u["run_peak_mib"] if u["run_peak_mib"] else None,
             }
             print(
-                f"{name:15s} run {u['run_s']:.3f}s -> {f['run_s']:.3f}s   peak {u['peak_rss_mib']:.0f} -> {f['peak_rss_mib']:.0f} MiB",
+                f"{name:15s} run {u['run_s']:.3f}s -> {f['run_s']:.3f}s   peak {u['peak_rss_mib']:.0f} -> {f['peak_rss_mib']:.0f} MiB"
+                f"   run adds {u['run_peak_mib']:.0f} -> {f['run_peak_mib']:.0f} MiB",
                 flush=True,
             )
         manifests = {mode: json.loads((exports[mode] / "manifest.json").read_text()) for mode in MODES}

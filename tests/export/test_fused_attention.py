@@ -116,11 +116,13 @@ def test_fused_export_agrees_with_unfused_on_ort(fused_video_export: Path, tiny_
             np.testing.assert_allclose(got[name][out], ref, rtol=0, atol=1e-4 * scale + 1e-5, err_msg=f"{name}.{out}")
 
 
-def test_fused_export_runs_on_openvino(fused_video_export: Path) -> None:
+def test_fused_export_runs_on_openvino(fused_video_export: Path, tiny_video_export: Path) -> None:
+    """OpenVINO reads MultiHeadAttention; compared with its own run of the unfused export, so
+    what differs is the attention alone (OpenVINO's antialiased Resize differs from ORT's)."""
     pytest.importorskip("openvino")
     from medsam3_rt.backends.openvino import OpenVinoBackend
 
-    want, got = _graph_outputs(OrtCpuBackend(), fused_video_export), _graph_outputs(OpenVinoBackend(), fused_video_export)
+    want, got = _graph_outputs(OpenVinoBackend(), tiny_video_export), _graph_outputs(OpenVinoBackend(), fused_video_export)
     for name, outs in want.items():
         for out, ref in outs.items():
             scale = float(np.abs(ref).max()) if ref.size else 0.0
