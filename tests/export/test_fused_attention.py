@@ -158,3 +158,15 @@ def test_flops_price_fused_attention_as_its_two_matmuls(fused_video_export: Path
         got = count_flops(fused_video_export / fused.graphs[name].file, dims)
         assert got.by_op.get("MultiHeadAttention", 0) > 0 and "MultiHeadAttention" not in got.uncounted, name
         assert got.total == count_flops(tiny_video_export / unfused.graphs[name].file, dims).total, name
+
+
+def test_manifest_attention_field_is_checked_and_optional(fused_video_export: Path) -> None:
+    from medsam3_rt.errors import ManifestError
+    from medsam3_rt.manifest import parse_manifest
+
+    data = json.loads((fused_video_export / "manifest.json").read_text())
+    data["graphs"][gc.DETECTOR]["attention"] = "flash"
+    with pytest.raises(ManifestError, match="'detector' 'attention' must be \"fused\" or \"unfused\""):
+        parse_manifest(data)
+    del data["graphs"][gc.DETECTOR]["attention"]  # manifests written before the field: unfused
+    assert parse_manifest(data).graphs[gc.DETECTOR].attention == "unfused"
