@@ -6,7 +6,7 @@ one is 9 windows of 24 x 24 = 576 tokens. Each form (unfused MatMul/Softmax/MatM
 process: run time (best of `--repeats`) and the process's peak RSS (VmHWM), with its RSS before
 the first run; outputs are checked against the unfused form.
 
-Usage: nice -n 10 python -m benchmarks.attention_layer [--out benchmarks/results/attention-layer.json]
+Usage: nice -n 10 python -m benchmarks.attention_layer [--lean] [--out benchmarks/results/attention-layer.json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def mib(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
 
-form, b, s, n, d, repeats, ref = sys.argv[1], *map(int, sys.argv[2:7]), sys.argv[7]
+form, b, s, n, d, repeats, lean, ref = sys.argv[1], *map(int, sys.argv[2:8]), sys.argv[8]
 x = h.make_tensor_value_info("x", TP.FLOAT, [b, s, n * d])
 y = h.make_tensor_value_info("y", TP.FLOAT, [b, s, n * d])
 opsets = [h.make_opsetid("", 23)]
@@ -53,6 +53,10 @@ else:
              h.make_node("Reshape", ["ot", "s3"], ["y"])]
 model = h.make_model(h.make_graph(nodes, "g", [x], [y]), opset_imports=opsets)
 so = ort.SessionOptions()
+if lean:  # as OrtCpuOptions(lean=True)
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    so.add_session_config_entry("session.disable_prepacking", "1")
 sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 a = np.random.default_rng(0).standard_normal((b, s, n * d), dtype=np.float32) * 0.5
 before = mib("VmRSS")
@@ -63,7 +67,7 @@ for _ in range(repeats):
     times.append(time.perf_counter() - t)
 res = {"run_s": min(times), "rss_before_run_mib": before, "peak_rss_mib": mib("VmHWM")}
 if ref == "-":
-    np.save(sys.argv[8], out)
+    np.save(sys.argv[9], out)
 else:
     res["max_abs_diff_vs_unfused"] = float(np.abs(out - np.load(ref)).max())
 print(json.dumps(res))
@@ -75,15 +79,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/attention-layer.json"))
     ap.add_argument("--work", type=Path, default=Path("/tmp"))
+    ap.add_argument("--lean", action="store_true", help="Sessions as OrtCpuOptions(lean=True).")
     args = ap.parse_args()
     import onnxruntime
 
-    result: dict[str, object] = {"onnxruntime": onnxruntime.__version__, "layers": {}}
+    result: dict[str, object] = {"onnxruntime": onnxruntime.__version__, "lean_sessions": args.lean, "layers": {}}
     for label, (b, s, n, d) in SHAPES.items():
         ref = args.work / f"attention-layer-{label}.npy"
         rows: dict[str, dict[str, float]] = {}
         for form in FORMS:
-            cmd = [sys.executable, "-c", _CHILD, form, str(b), str(s), str(n), str(d), str(args.repeats)]
+            cmd = [sys.executable, "-c", _CHILD, form, str(b), str(s), str(n), str(d), str(args.repeats), str(int(args.lean))]
             cmd += ["-", str(ref)] if form == "unfused" else [str(ref)]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
             rows[form] = json.loads(proc.stdout.strip().splitlines()[-1])
