@@ -29,7 +29,8 @@ from medsam3_rt.manifest import Manifest
 from medsam3_rt.postprocess import sigmoid
 from medsam3_rt.preprocess import pixel_values
 from medsam3_rt.profiling import gpu_memory_used_bytes
-from medsam3_rt.stopwatch import Stopwatch
+
+from .memory import MeteredStopwatch, StageMemory
 
 CANDIDATE_GROUP = "medsam3_bench.candidates"
 BASELINE_NAME = "transformers"
@@ -85,6 +86,11 @@ class Candidate(ABC):
 
     name: str
     kind: str  # "baseline" | "medsam3-rt"
+    memory: StageMemory | None = None  # set by the runner: stopwatch laps then record peak RSS per stage
+
+    def stopwatch(self) -> MeteredStopwatch:
+        """A stopwatch whose laps also record this candidate's peak RSS per stage."""
+        return MeteredStopwatch(self.memory, self.name)
 
     @abstractmethod
     def load(self) -> None: ...
@@ -147,7 +153,7 @@ class RuntimeCandidate(Candidate):
 
     def text_miss(self, prompts: Sequence[str]) -> dict[str, float]:
         m = self.seg.model
-        sw = Stopwatch()
+        sw = self.stopwatch()
         ids, attn = m.tokenizer.encode(list(prompts))
         sw.lap("tokenize")
         m.run(gc.TEXT_ENCODER, {gc.INPUT_IDS: ids, gc.ATTENTION_MASK: attn})
@@ -156,7 +162,7 @@ class RuntimeCandidate(Candidate):
 
     def segment(self, image: np.ndarray, prompts: Sequence[str]) -> tuple[dict[str, float], ImageOutput]:
         seg, m = self.seg, self.seg.model
-        sw = Stopwatch()
+        sw = self.stopwatch()
         text = m.text_batch(list(prompts))
         sw.lap("text")
         pixels = pixel_values(image, m.manifest.preprocess)

@@ -12,6 +12,42 @@ from medsam3_rt.errors import MissingDependencyError
 
 from .schema import CURVE_LENGTHS, IMAGE_STAGES, STREAM_STAGES
 
+# the order stages run in; others (a baseline's own laps) follow
+_MEMORY_STAGES = (
+    "load",
+    "tokenize",
+    "text_encoder",
+    "text",
+    "preprocess",
+    "backbone",
+    "detector",
+    "postprocess",
+    "stream_open",
+    "stream_slice",
+    "tracker_step",
+)
+
+
+def _stage_memory_table(candidates: list[dict[str, Any]]) -> list[str]:
+    """Peak process RSS (MB) per stage and in total: which stage holds the memory."""
+    live = [c for c in candidates if c["available"] and c["memory"].get("stage_peak_rss_bytes")]
+    if not live:
+        return []
+    seen = {k for c in live for k in c["memory"]["stage_peak_rss_bytes"]}
+    stages = [k for k in _MEMORY_STAGES if k in seen] + sorted(seen - set(_MEMORY_STAGES))
+    lines = [
+        "## Peak RSS per stage (MB, the whole process)",
+        "",
+        "| candidate | " + " | ".join(stages) + " | total |",
+        "|---|" + "---|" * (len(stages) + 1),
+    ]
+    for c in live:
+        peaks = c["memory"]["stage_peak_rss_bytes"]
+        cells = [_mb(peaks.get(k)) if k in peaks else "-" for k in stages]
+        lines.append(f"| {c['name']} | " + " | ".join(cells) + f" | {_mb(c['memory']['peak_rss_bytes'])} |")
+    lines.append("")
+    return lines
+
 
 def _fmt_ms(s: dict[str, Any] | None, key: str = "p50") -> str:
     if not s or s.get("n", 0) == 0:
@@ -118,6 +154,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{_mb(mem['peak_rss_delta_bytes'])} | {_mb(mem['gpu_bytes'])} |"
         )
     lines.append("")
+    lines += _stage_memory_table(result["candidates"])
     agr = result.get("agreement_with_baseline") or {}
     if agr:
         lines += [

@@ -15,7 +15,7 @@ a shared machine hits every candidate alike; ratios are medians of per-round rat
   stream:      io, preprocess, backbone, detector, tracker, merge_memory, postprocess
 
 `io` is reading the input PNG and writing the label-map PNG (the same code for everyone).
-The result is a JSON document (schema `medsam3_bench/schemas/bench.v1.json`, described in
+The result is a JSON document (schema `medsam3_bench/schemas/bench.v2.json`, described in
 benchmarks/README.md), a markdown summary and optional PNG plots (matplotlib): see `report`.
 """
 
@@ -39,9 +39,10 @@ from medsam3_rt.backends import BackendOptions
 from medsam3_rt.errors import MissingDependencyError, UsageError
 from medsam3_rt.io.images import read_image, write_png
 from medsam3_rt.manifest import Manifest, load_manifest
-from medsam3_rt.profiling import RssSampler, machine_info, median_ratio, rss_bytes, summarize
+from medsam3_rt.profiling import machine_info, median_ratio, rss_bytes, summarize
 
 from .candidates import BASELINE_NAME, Candidate, ImageOutput, RuntimeCandidate, StreamHandle, StreamPolicy, expand_backends, load_baseline
+from .memory import StageMemory
 from .schema import CURVE_LENGTHS, IMAGE_STAGES, SCHEMA_ID, STREAM_STAGES, TEXT_MISS_STAGES
 
 log = logging.getLogger("medsam3_bench")
@@ -130,7 +131,8 @@ class _Entry:
         self.tracker: list[float] = []
         self.tracker_shape: dict[str, int] = {}
         self.handle: StreamHandle | None = None
-        self.peak_rss = 0
+        self.peak_rss = 0  # over the RSS at the start of each measured call
+        self.peak_abs = 0  # the process RSS itself
 
     def add(self, table: dict[str, list[float]], ms: dict[str, float]) -> None:
         for k, v in ms.items():
@@ -293,13 +295,16 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
     out_dir.mkdir()
 
     entries = [_Entry(c) for c in candidates]
-    sampler = RssSampler()
+    sampler = StageMemory()
+    for c in candidates:
+        c.memory = sampler  # stopwatch laps record peak RSS per stage
     # cold start: load + first image (cache miss), one candidate after the other
     for e in entries:
         say(f"{e.cand.name}: loading")
         sampler.start()
         try:
             _timed_load(e)
+            sampler.record(e.cand.name, "load", sampler.lap())
             io_ms, image = _io(inputs[0], out_dir, None)
             t0 = time.perf_counter()
             e.cand.text_miss(prompts)
@@ -311,6 +316,7 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
             log.debug("candidate failed", exc_info=True)
             say(f"{e.cand.name}: skipped ({e.error.splitlines()[0]})")
         e.peak_rss = max(e.peak_rss, sampler.stop() - sampler.start_bytes)
+        e.peak_abs = max(e.peak_abs, sampler.peak)
     live = [e for e in entries if e.error is None]
     if not live:
         raise UsageError("no candidate could run: " + "; ".join(f"{e.cand.name}: {e.error}" for e in entries))
@@ -327,7 +333,11 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
             log.debug("candidate failed", exc_info=True)
             say(f"{e.cand.name}: failed ({e.error.splitlines()[0]})")
         finally:
+            phase = _PHASES.get(fn.__name__)
+            if phase is not None:  # stages without their own stopwatch laps (a stream slice, a tracker step)
+                sampler.record(e.cand.name, phase, sampler.lap())
             e.peak_rss = max(e.peak_rss, sampler.stop() - sampler.start_bytes)
+            e.peak_abs = max(e.peak_abs, sampler.peak)
 
     # images: interleaved rounds
     if cfg.image:
@@ -363,7 +373,7 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
     if cfg.curve_slices > 0 and do_stream and policy is not None:
         curve = _curve(cfg, live, policy, say)
 
-    result = _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends)
+    result = _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends, sampler.stage_peaks)
     for e in entries:
         e.cand.close()
     _gc.collect()
@@ -456,7 +466,11 @@ def _stats(table: dict[str, list[float]], order: Sequence[str]) -> dict[str, Any
     return {k: summarize(table[k]) for k in keys}
 
 
-def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends) -> dict[str, Any]:
+# runner phases whose peak RSS is recorded as a stage of its own (stopwatch laps cover the rest)
+_PHASES = {"_open_stream": "stream_open", "_stream_slice": "stream_slice", "_tracker_round": "tracker_step"}
+
+
+def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends, stage_peaks) -> dict[str, Any]:
     base = next((e for e in entries if e.cand.kind == "baseline" and e.error is None), None)
     cands = []
     for e in entries:
@@ -465,6 +479,8 @@ def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, note
         d["memory"] = {
             "load_rss_delta_bytes": e.mem.get("load_rss_delta_bytes"),
             "peak_rss_delta_bytes": e.peak_rss,
+            "peak_rss_bytes": e.peak_abs,
+            "stage_peak_rss_bytes": stage_peaks.get(e.cand.name, {}),
             "gpu_bytes": gpu.get(e.cand.name),
         }
         if e.image_e2e:

@@ -1,4 +1,4 @@
-"""The bench result document: its schema id, stage names, and validation against `schemas/bench.v1.json`."""
+"""The bench result document: its schema id, stage names, and validation against `schemas/bench.v2.json`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from medsam3_rt.errors import MissingDependencyError
 
-SCHEMA_ID = "medsam3-rt.bench/1"
-SCHEMA_FILE = Path(__file__).parent / "schemas" / "bench.v1.json"
+SCHEMA_ID = "medsam3-rt.bench/2"
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "bench.v2.json"
 IMAGE_STAGES = ("io", "preprocess", "text", "backbone", "detector", "postprocess")
 TEXT_MISS_STAGES = ("tokenize", "text_encoder")
 CURVE_LENGTHS = (50, 100, 200, 400)  # volume lengths whose streaming totals the curve reports

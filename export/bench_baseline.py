@@ -121,7 +121,7 @@ class TransformersCandidate(Candidate):
             torch.cuda.synchronize(self.device)
 
     def text_miss(self, prompts: Sequence[str]) -> dict[str, float]:
-        sw = Stopwatch()
+        sw = self.stopwatch()
         enc = self._tokenize(prompts)
         sw.lap("tokenize")
         with torch.inference_mode():
@@ -169,7 +169,7 @@ class TransformersCandidate(Candidate):
         return (out.pred_logits.sigmoid() * out.presence_logits.sigmoid()).cpu().numpy()
 
     def segment(self, image: np.ndarray, prompts: Sequence[str]) -> tuple[dict[str, float], ImageOutput]:
-        sw = Stopwatch()
+        sw = self.stopwatch()
         out = self._detect(image, prompts, sw)
         # post_process_instance_segmentation, top-1 query per prompt (the paper's protocol)
         scores = out.pred_logits.sigmoid() * out.presence_logits.sigmoid()

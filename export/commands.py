@@ -34,6 +34,12 @@ def export(
         "(text tokens only). Default: what the checkpoint was trained with if it records it, else meta.",
     ),
     adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder to merge into the weights before export."),
+    attention: str = typer.Option(
+        "unfused",
+        "--attention",
+        help="fused: each attention as one com.microsoft::MultiHeadAttention node (ONNX Runtime, OpenVINO; less memory); "
+        "unfused: MatMul/Softmax/MatMul (every backend, needed for `medsam3-rt build`/TensorRT).",
+    ),
 ) -> None:
     """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
     exp = import_optional("medsam3_export.exporter", "export", "`medsam3-rt export`")
@@ -45,7 +51,7 @@ def export(
             say(msg)
 
         source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
-        options = exp.ExportOptions(opset=opset, overwrite=force, prompt_semantics=prompt_semantics, adapter=adapter)
+        options = exp.ExportOptions(opset=opset, overwrite=force, prompt_semantics=prompt_semantics, adapter=adapter, attention=attention)
         exp.export_model(source, output, config=config, options=options, progress=progress)
 
 

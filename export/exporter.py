@@ -24,7 +24,7 @@ import transformers
 from medsam3_rt import graph_contract as gc
 from medsam3_rt._version import __version__
 from medsam3_rt.backends.ort import OrtCpuBackend
-from medsam3_rt.errors import CheckpointError, OutputExistsError
+from medsam3_rt.errors import CheckpointError, OutputExistsError, UsageError
 from medsam3_rt.io.atomic import atomic_directory, atomic_write_text
 from medsam3_rt.manifest import (
     INTENDED_USE,
@@ -38,6 +38,7 @@ from medsam3_rt.preprocess import pixel_values
 from medsam3_rt.tokenizer import ClipTokenizer
 
 from . import parity
+from .attention import ATTENTION_CHOICES, DEFAULT_ATTENTION, FUSED, attention_mode, graph_attention, onnx_translation
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import build_graph_module
 from .manifest_writer import file_entry
@@ -63,6 +64,13 @@ class ExportOptions:
     overwrite: bool = False
     prompt_semantics: str | None = None
     adapter: str | Path | None = None  # a PEFT LoRA adapter folder merged into the weights (adapters.py)
+    # "fused": every attention as one com.microsoft::MultiHeadAttention node (attention.py);
+    # "unfused": MatMul/Softmax/MatMul, for backends without that op (TensorRT's parser)
+    attention: str = DEFAULT_ATTENTION
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_CHOICES:
+            raise UsageError(f"--attention {self.attention}: choose one of {', '.join(ATTENTION_CHOICES)}")
 
 
 def resolve_prompt_semantics(requested: str | None, ckpt: LoadedCheckpoint) -> tuple[str, str]:
@@ -291,20 +299,19 @@ def export_model(
         results: list[parity.OutputParity] = []
         backend = OrtCpuBackend()
         previous_attn = det.config._attn_implementation
-        # dynamo cannot decompose SDPA with dynamic batch axes; eager attention is the same math.
-        _set_attention(model, "eager")
-        try:
+        translation = onnx_translation() if opts.attention == FUSED else None
+        # dynamo cannot decompose SDPA with dynamic batch axes: eager (or the fused op) instead, same math.
+        with attention_mode(model, opts.attention, modules.values()):
             for name, module in modules.items():
-                say(f"exporting {name}")
-                files = export_graph(module, inputs[name], specs[name], stage / f"{name}.onnx", opset=opts.opset)
-                entry = GraphEntry(name, files[0], specs[name], tuple(files[1:]))
+                say(f"exporting {name} ({opts.attention} attention)")
+                path = stage / f"{name}.onnx"
+                files = export_graph(module, inputs[name], specs[name], path, opset=opts.opset, translation=translation)
+                entry = GraphEntry(name, files[0], specs[name], tuple(files[1:]), graph_attention(path))
                 graphs[name] = entry
                 runner = backend.open(entry, stage)
                 got = runner.run({k: v.numpy() for k, v in inputs[name].items()})
                 runner.close()
                 results += parity.compare(name, refs[name], got, opts.tolerance)
-        finally:
-            _set_attention(model, previous_attn)
         reference = f"transformers {type(model).__name__} fp32 ({previous_attn} attention), CPU"
         per_graph = {name: reference for name in names}
         if semantics == "meta":
@@ -358,16 +365,6 @@ def export_model(
         atomic_write_text(stage / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2, default=_json_default))
     say(f"wrote {out}")
     return manifest
-
-
-def _set_attention(model: torch.nn.Module, impl: str) -> None:
-    """Switch attention kernels; transformers warns about config-only sub-configs, which is expected."""
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        model.set_attn_implementation(impl)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def _json_default(value: Any) -> Any:

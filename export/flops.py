@@ -4,8 +4,9 @@ Speed figures mean little without the distance to the hardware: a graph's FLOPs 
 measured latency gives achieved GFLOP/s, to set next to the timed GEMM peak of
 `medsam3_bench.peak`.
 FLOPs are counted from shapes after ONNX shape inference, with the graph's free (symbolic)
-input dimensions bound to concrete values first. Only MatMul, Gemm, Conv and ConvTranspose are
-counted (multiply and add = 2 FLOPs); they carry nearly all of a SAM3 forward's work. Any other
+input dimensions bound to concrete values first. Only MatMul, Gemm, Conv, ConvTranspose and
+fused attention (com.microsoft::MultiHeadAttention, priced as its two matmuls) are counted
+(multiply and add = 2 FLOPs); they carry nearly all of a SAM3 forward's work. Any other
 op whose cost is not counted but could matter (Einsum, ops inside subgraphs) is listed in
 `FlopCount.uncounted` so a figure never silently claims to be complete.
 
@@ -22,7 +23,7 @@ from typing import Any
 
 __all__ = ["FlopCount", "count_flops"]
 
-_COUNTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+_COUNTED = ("MatMul", "Gemm", "Conv", "ConvTranspose", "MultiHeadAttention")
 # Ops with real arithmetic this counter does not price; reported, not guessed.
 _UNPRICED = ("Einsum", "MatMulInteger", "QLinearMatMul", "QLinearConv", "ConvInteger", "If", "Loop", "Scan")
 
@@ -112,6 +113,13 @@ def count_flops(
 def _node_flops(node: Any, ins: list[list[int] | None], out: list[int] | None) -> int | None:
     """2 x multiply-accumulates of one node, or None when a needed shape is unknown."""
     op = node.op_type
+    if op == "MultiHeadAttention":
+        # fused attention (medsam3_export.attention): the two matmuls it replaces,
+        # Q.K^T and P.V over (B, S, N*D) queries and (B, L, N*D) keys/values
+        q, k, v = (ins + [None, None, None])[:3]
+        if q is None or k is None or v is None or len(q) != 3 or len(k) != 3:
+            return None
+        return 2 * q[0] * q[1] * k[1] * (q[2] + v[-1])
     if op == "MatMul":
         a = ins[0]
         if a is None or out is None:

@@ -45,8 +45,12 @@ def export_graph(
     *,
     opset: int = DEFAULT_OPSET,
     max_axis: Mapping[str, int] | None = None,
+    translation: Mapping[object, object] | None = None,
 ) -> list[str]:
-    """Export `module` to `path`; returns the file names written (graph + external data)."""
+    """Export `module` to `path`; returns the file names written (graph + external data).
+
+    `translation`: extra torch op -> ONNX translations (export/attention.py's fused attention).
+    """
     axes: dict[str, torch.export.Dim] = {}
     dynamic: dict[str, dict[int, torch.export.Dim] | None] = {}
     for t in spec.inputs:
@@ -70,6 +74,7 @@ def export_graph(
             dynamic_shapes=dynamic,
             optimize=True,
             external_data=external,
+            custom_translation_table=dict(translation) if translation else None,
         )
         program.save(str(path), external_data=external)
     written = [path.name]

@@ -151,6 +151,12 @@ def plan_build(model_dir: Path, manifest: Manifest, options: BuildOptions, env: 
     unknown = [g for g in names if g not in manifest.graphs]
     if unknown:
         raise UsageError(f"--graph {unknown[0]}: this export has {', '.join(manifest.graphs)}")
+    fused = [g for g in names if manifest.graphs[g].attention == "fused"]
+    if fused:
+        raise UsageError(
+            f"graph '{fused[0]}' of {model_dir} has fused attention (com.microsoft::MultiHeadAttention), which TensorRT's "
+            "ONNX parser cannot read; export again with `medsam3-rt export ... --attention unfused` for TensorRT"
+        )
     ranges = eng.axis_ranges(manifest.tracker, options.axes)
     plans = []
     for name in names:

@@ -72,9 +72,11 @@ class GraphEntry:
     file: str
     spec: gc.GraphSpec
     external_data: tuple[str, ...] = ()
+    # "fused": attention as com.microsoft::MultiHeadAttention nodes; "unfused": MatMul/Softmax/MatMul
+    attention: str = "unfused"
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "external_data": list(self.external_data), **self.spec.to_json()}
+        return {"file": self.file, "external_data": list(self.external_data), "attention": self.attention, **self.spec.to_json()}
 
 
 @dataclass(frozen=True)
@@ -364,7 +366,7 @@ def parse_manifest(data: Any) -> Manifest:
         )
         if spec != expected[name]:
             raise ManifestError(f"manifest graph '{name}' declares I/O {_describe(spec)}, this runtime expects {_describe(expected[name])}")
-        graphs[name] = GraphEntry(name, entry["file"], spec, tuple(lists["external_data"]))
+        graphs[name] = GraphEntry(name, entry["file"], spec, tuple(lists["external_data"]), entry.get("attention", "unfused"))
     missing = [g for g in gc.DETECTOR_GRAPHS if g not in graphs]
     if missing:
         raise ManifestError(f"manifest has no {', '.join(missing)} graph(s); every export needs {', '.join(gc.DETECTOR_GRAPHS)}")

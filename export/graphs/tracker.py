@@ -36,6 +36,10 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 class _TrackerGraph(nn.Module):
     """Shared constants of the tracker graphs, built once from the original modules."""
 
+    # set by medsam3_export.attention.attention_mode: the memory cross-attention calls the
+    # fused-attention op (exported as one MultiHeadAttention) instead of matmul/softmax/matmul
+    use_fused_attention = False
+
     def __init__(self, video_model: nn.Module) -> None:
         super().__init__()
         self.video = video_model
@@ -234,9 +238,23 @@ class TrackerStepGraph(_TrackerGraph):
         mask_col = torch.where(valid, 0.0, MASKED_SCORE).to(q.dtype)[:, None, :, None].expand(n, heads, -1, 1)
         keys = torch.cat([torch.cat([k_sp.reshape(n, heads, m * hw, hd), k_pt.to(q.dtype)], dim=2), mask_col], dim=-1)
         q_aug = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)  # (N, h, HW, hd+1)
+        kv_in = mem_feats.shape[-1]
+        if self.use_fused_attention:
+            from ..attention import attention
+
+            # the same q'/k' with the mask column; values as in the narrow branch below
+            tokens = torch.cat([mem_feats.reshape(n, m * hw, kv_in), ptr_tokens], dim=1)[:, None]  # (N, 1, M*HW+P, kv_in)
+            if kv_in < hd:
+                attended = attention(q_aug, keys, tokens.to(q.dtype), None, mod.scaling).transpose(1, 2)  # (N, h, HW, kv_in)
+                w_v = mod.v_proj.weight.view(heads, hd, kv_in)
+                out = torch.matmul(attended, w_v.transpose(-1, -2)) + mod.v_proj.bias.view(heads, 1, hd)
+            else:
+                values = mod.v_proj(tokens[:, 0]).view(n, m * hw + p, heads, hd).transpose(1, 2)
+                out = attention(q_aug, keys, values.to(q.dtype), None, mod.scaling).transpose(1, 2)
+            out = out.transpose(1, 2).reshape(n, 1, hw, heads * hd)
+            return mod.o_proj(out)
         scores = torch.matmul(q_aug, keys.transpose(-1, -2)) * mod.scaling  # (N, h, HW, M*HW+P)
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        kv_in = mem_feats.shape[-1]
         if kv_in < hd:
             # The value projection is affine and every row of `weights` sums to 1, so
             # weights @ (X W^T + b) == (weights @ X) W^T + b: attend over the narrow memory

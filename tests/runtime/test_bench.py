@@ -50,6 +50,14 @@ def test_bench_cli_against_transformers_writes_valid_json_markdown_and_plots(
     assert agree["image_mask_iou_mean"] > 0.99 and agree["stream_objects_equal"]
     curve = result["curve"]["runs"]
     assert curve["ort-cpu"]["slices"] == 4 and curve["transformers"]["slices"] == 2
+    # peak RSS per stage (issue 21): every stage that ran, none above the total, the total above 0
+    for c in result["candidates"]:
+        mem = c["memory"]
+        peaks = mem["stage_peak_rss_bytes"]
+        assert {"load", "backbone", "detector", "stream_slice", "tracker_step"} <= set(peaks), (c["name"], peaks)
+        assert 0 < max(peaks.values()) <= mem["peak_rss_bytes"], (c["name"], peaks, mem["peak_rss_bytes"])
+    assert {"tokenize", "text_encoder", "stream_open"} <= set(ours["memory"]["stage_peak_rss_bytes"])
+    assert "## Peak RSS per stage" in (tmp_path / "bench.md").read_text()
     assert "## Streaming, per slice" in proc.stdout and "speedup" in (tmp_path / "bench.md").read_text()
     if "--plot" in args:
         assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.curve.png").stat().st_size > 0

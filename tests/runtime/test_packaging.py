@@ -50,7 +50,7 @@ def test_wheel_contents(wheel: Path) -> None:
     assert tops == set(ROOTS), tops
     assert "medsam3_export/assets/bpe_simple_vocab_16e6.txt.gz" in names
     assert "medsam3_rt/py.typed" in names
-    assert "medsam3_bench/schemas/bench.v1.json" in names and "medsam3_rt/schemas/manifest.v1.json" in names
+    assert "medsam3_bench/schemas/bench.v2.json" in names and "medsam3_rt/schemas/manifest.v1.json" in names
 
 
 def test_runtime_imports_from_a_clean_install(wheel: Path, tmp_path: Path) -> None:

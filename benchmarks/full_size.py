@@ -1,0 +1,146 @@
+"""The real SAM3 geometry (random weights) end to end on this machine: export, load, segment, stream (issue 21).
+
+For each setting (default: "before" = `--attention unfused` + default ort-cpu sessions,
+"after" = `--attention fused` + `OrtCpuOptions(lean=True)`), in separate processes:
+
+1. `medsam3-rt export full --random` (seed 0, so both exports hold the same weights): wall time
+   and peak RSS of the export process;
+2. one runtime process, as a user runs it: load, segment one 512x512 slice with one prompt
+   (text-cache miss, then a second, warm segment), then stream `--frames` slices; the time
+   and peak RSS (`medsam3_bench.memory`) of every stage, and the process peak (ru_maxrss).
+
+Random weights detect nothing at the model's thresholds; the stream's detection thresholds
+are set just under the prompt's best score on the first slice (as `medsam3-rt bench` does),
+so the stream tracks an object and every frame runs the tracker graphs.
+
+Needs ~10-12 GB of RAM and ~40 min on 2 cores. Usage:
+  nice -n 10 python -m benchmarks.full_size [--work DIR] [--frames 3] [--settings before,after]
+  [--skip-export] [--out benchmarks/results/full-size.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = {
+    "before": {"attention": "unfused", "lean": False},
+    "after": {"attention": "fused", "lean": True},
+}
+PROMPT = "liver"
+
+_EXPORT_CHILD = """
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.perf_counter() - t0
+if proc.returncode:
+    sys.exit(proc.stderr[-3000:])
+print(json.dumps({"export_s": wall, "export_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+_RUN_CHILD = """
+import json, resource, sys, time
+import numpy as np
+from medsam3_bench.candidates import RuntimeCandidate, StreamPolicy
+from medsam3_bench.memory import StageMemory
+from medsam3_bench.runner import synthetic_slice
+from medsam3_rt.backends import OrtCpuOptions
+
+model_dir, lean, frames, prompt = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4]
+mib = lambda b: round(b / 2**20, 1)
+mem = StageMemory().start()
+cand = RuntimeCandidate(model_dir, "ort-cpu", OrtCpuOptions(lean=lean))
+cand.memory = mem
+out = {"lean": lean}
+t0 = time.perf_counter()
+cand.load()
+out["load_s"] = time.perf_counter() - t0
+mem.record(cand.name, "load", mem.lap())
+image = synthetic_slice(0)
+t0 = time.perf_counter()
+out["text_miss_ms"] = cand.text_miss([prompt])
+out["segment_cold_ms"], _ = cand.segment(image, [prompt])
+out["segment_cold_s"] = time.perf_counter() - t0
+t0 = time.perf_counter()
+out["segment_warm_ms"], _ = cand.segment(image, [prompt])
+out["segment_warm_s"] = time.perf_counter() - t0
+out["segment_peak_rss_mib"] = mib(mem.overall)
+probs = cand.detection_probs(image, [prompt])
+det = float(probs.max()) - 1e-4
+out["stream_detection_threshold"] = det
+mem.lap()
+handle = cand.stream([prompt], (512, 512), StreamPolicy(det, det, 4, thresholds_from="forced: best score of slice 0"))
+mem.record(cand.name, "stream_open", mem.lap())
+out["stream_frames"] = []
+for i in range(frames):
+    t0 = time.perf_counter()
+    ms, res = handle.push(synthetic_slice(i))
+    peak = mem.lap()
+    mem.record(cand.name, "stream_frame", peak)
+    out["stream_frames"].append({"s": time.perf_counter() - t0, "stages_ms": ms, "objects": res.objects, "peak_rss_mib": mib(peak)})
+handle.close()
+out["open_graphs"] = cand.seg.model.open_graphs()
+mem.stop()
+out["stage_peak_rss_mib"] = {k: mib(v) for k, v in mem.stage_peaks[cand.name].items()}
+out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def _cli() -> str:
+    return str(Path(sys.executable).with_name("medsam3-rt"))
+
+
+def export(out: Path, attention: str) -> dict[str, float]:
+    cmd = [_cli(), "export", "full", "--random", "-o", str(out), "--force", "--quiet", "--attention", attention]
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, *cmd], check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(model_dir: Path, lean: bool, frames: int) -> dict[str, object]:
+    args = [str(model_dir), "1" if lean else "0", str(frames), PROMPT]
+    proc = subprocess.run([sys.executable, "-c", _RUN_CHILD, *args], check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/medsam3-full-size"))
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--settings", default="before,after")
+    ap.add_argument("--skip-export", action="store_true", help="Reuse the exports already in --work.")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/full-size.json"))
+    args = ap.parse_args()
+    result: dict[str, object] = {"prompt": PROMPT, "frames": args.frames, "settings": {}}
+    for name in args.settings.split(","):
+        setting = SETTINGS[name]
+        model_dir = args.work / f"full-{setting['attention']}"
+        row: dict[str, object] = {**setting}
+        if not args.skip_export:
+            print(f"{name}: exporting ({setting['attention']} attention)", flush=True)
+            row["export"] = export(model_dir, str(setting["attention"]))
+            print(f"{name}: {row['export']}", flush=True)
+        print(f"{name}: load, segment, stream", flush=True)
+        row["runtime"] = run(model_dir, bool(setting["lean"]), args.frames)
+        print(f"{name}: {json.dumps(row['runtime'])}", flush=True)
+        result["settings"][name] = row  # type: ignore[index]
+        _write(args.out, result)
+    print(f"wrote {args.out}")
+
+
+def _write(out: Path, result: dict[str, object]) -> None:
+    """After every setting, atomically: a run that dies later keeps what it measured."""
+    result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+
+
+if __name__ == "__main__":
+    main()
