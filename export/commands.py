@@ -34,6 +34,12 @@ def export(
         "(text tokens only). Default: what the checkpoint was trained with if it records it, else meta.",
     ),
     adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder to merge into the weights before export."),
+    batch_axis: bool = typer.Option(
+        False, "--batch-axis", help="Image backbone with a dynamic batch axis: several images per call (Segmenter.segment_batch)."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Export at this input size (px, e.g. 1008 -> 840/672/504) instead of the checkpoint's."
+    ),
 ) -> None:
     """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
     exp = import_optional("medsam3_export.exporter", "export", "`medsam3-rt export`")
@@ -45,7 +51,9 @@ def export(
             say(msg)
 
         source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
-        options = exp.ExportOptions(opset=opset, overwrite=force, prompt_semantics=prompt_semantics, adapter=adapter)
+        options = exp.ExportOptions(
+            opset=opset, overwrite=force, prompt_semantics=prompt_semantics, adapter=adapter, image_size=image_size, batch_axis=batch_axis
+        )
         exp.export_model(source, output, config=config, options=options, progress=progress)
 
 
