@@ -133,6 +133,7 @@ def test_profiled_count_of_the_bench_equals_the_static_count(tmp_path) -> None:
 def test_profiled_count_equals_the_static_count_on_the_tiny_export(tiny_export) -> None:
     """Every 2D graph of a real export, P bound to 2: same FLOPs per op type, same unpriced ops."""
     from medsam3_bench.flops import image_graph_flops
+
     from medsam3_rt.manifest import load_manifest
 
     manifest = load_manifest(tiny_export)
