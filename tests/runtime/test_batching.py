@@ -97,3 +97,14 @@ def test_cli_batch_size_writes_the_same_outputs(batched_export: Path, tmp_path: 
         elif name.endswith(".mask.png"):
             a, b = (read_image(outs[k] / name) for k in (1, 3))
             assert (a != b).mean() < 1e-3
+
+
+def test_bench_counts_a_batched_backbone_at_one_image(batched_export: Path, tiny_export: Path) -> None:
+    """`bench` FLOPs bind B to 1: the same work per image as the fixed-batch export of the same weights."""
+    from medsam3_bench.flops import image_graph_flops
+
+    counts = []
+    for d in (batched_export, tiny_export):
+        with medsam3_rt.load(d, "ort-cpu") as seg:
+            counts.append({g: f.total for g, f in image_graph_flops(d, seg.manifest, 2).items()})
+    assert counts[0] == counts[1] and counts[0]["image_backbone"] > 0
