@@ -62,6 +62,7 @@ def bench(
     ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="The export's checkpoint (baseline and torch backend)."),
     settle: float = typer.Option(0.05, "--settle", min=0.0, help="Seconds of pause before each timed call."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count the 2D graphs' FLOPs and time this machine's GEMM peak."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result JSON here."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write the markdown tables here."),
     plot: Path | None = typer.Option(None, "--plot", help="Write the stage-breakdown PNG here (and <stem>.curve.png); needs matplotlib."),
@@ -92,6 +93,7 @@ def bench(
         detection_threshold=detection_threshold,
         checkpoint=checkpoint,
         settle_s=settle,
+        flops=flops,
     )
     result = run_benchmark(cfg, progress=say)
     validate(result, required=False)

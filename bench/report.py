@@ -137,6 +137,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             shape = " | ".join(str(t.get(k, "-")) for k in ("objects", "memories", "pointers"))
             lines.append(f"| {c['name']} | {_fmt_ms(t['ms'])} | {x} | {shape} |")
         lines.append("")
+    lines += _compute_lines(result, cands)
     lines += [
         "## Cold start and memory",
         "",
@@ -194,6 +195,39 @@ def to_markdown(result: dict[str, Any]) -> str:
     for n in result.get("notes") or []:
         lines.append(f"- {n}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _unpriced(ops: dict[str, int]) -> str:
+    return f" (+ unpriced {', '.join(f'{n} {k}' for k, n in ops.items())})" if ops else ""
+
+
+def _compute_lines(result: dict[str, Any], cands: list[dict[str, Any]]) -> list[str]:
+    """Each graph's FLOPs and, per candidate, achieved GFLOP/s and its share of the measured GEMM peak."""
+    flops, hw = result.get("graph_flops"), result.get("hardware")
+    if not flops or not hw:
+        return []
+    peak = hw["fp32_gemm_peak_gflops"]
+    names = list(flops)
+    lines = [
+        "## Work and the hardware limit",
+        "",
+        f"fp32 GEMM peak of this machine: {peak:.1f} GFLOP/s (measured in this run). GFLOP per call at "
+        f"{len(result['settings']['prompts'])} prompt(s): "
+        + ", ".join(f"{n} {flops[n]['gflop']:.3g}" + _unpriced(flops[n]["uncounted_ops"]) for n in names)
+        + ".",
+        "",
+        "| candidate | " + " | ".join(f"{n} GFLOP/s (of peak)" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for c in cands:
+        comp = c.get("compute") or {}
+        cells = []
+        for n in names:
+            g = comp.get(n) or {}
+            rate, frac = g.get("achieved_gflops"), g.get("fraction_of_fp32_peak")
+            cells.append("-" if rate is None else f"{rate:.1f} ({100 * frac:.0f} %)" if frac is not None else f"{rate:.1f}")
+        lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _model_label(result: dict[str, Any]) -> str:

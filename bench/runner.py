@@ -43,6 +43,8 @@ from medsam3_rt.profiling import machine_info, median_ratio, rss_bytes, summariz
 
 from .candidates import BASELINE_NAME, Candidate, ImageOutput, RuntimeCandidate, StreamHandle, StreamPolicy, expand_backends, load_baseline
 from .memory import StageMemory
+from .flops import STAGE_OF_GRAPH, GraphFlops, image_graph_flops
+from .peak import measure_gemm_peak
 from .schema import CURVE_LENGTHS, IMAGE_STAGES, SCHEMA_ID, STREAM_STAGES, TEXT_MISS_STAGES
 
 log = logging.getLogger("medsam3_bench")
@@ -85,6 +87,7 @@ class BenchConfig:
     image_hw: tuple[int, int] = (512, 512)
     image: bool = True
     stream: bool | None = None  # None: when the export has tracker graphs
+    flops: bool = True  # count the 2D graphs' FLOPs and time the GEMM peak (achieved GFLOP/s per stage)
     tracker_rounds: int = 5
     curve_slices: int = 0  # streaming cost curve (0: skip)
     curve_backends: tuple[str, ...] = ()  # default: the first medsam3-rt backend
@@ -294,6 +297,16 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
     out_dir = work / "out"
     out_dir.mkdir()
 
+    graph_flops: dict[str, GraphFlops] = {}
+    peaks: list[float] = []
+    if cfg.flops:
+        say("counting graph FLOPs and timing the fp32 GEMM peak")
+        try:
+            graph_flops = image_graph_flops(cfg.model_dir, manifest, len(prompts))
+        except Exception as ex:  # a graph ONNX Runtime cannot profile here: reported, not fatal
+            notes.append(f"graph FLOPs not counted: {type(ex).__name__}: {str(ex).splitlines()[0]}")
+        peaks.append(measure_gemm_peak())
+
     entries = [_Entry(c) for c in candidates]
     sampler = StageMemory()
     for c in candidates:
@@ -373,7 +386,11 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
     if cfg.curve_slices > 0 and do_stream and policy is not None:
         curve = _curve(cfg, live, policy, say)
 
+    if cfg.flops:
+        peaks.append(measure_gemm_peak())  # again after the candidates: the peak under the run's conditions
     result = _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends, sampler.stage_peaks)
+    if cfg.flops:
+        _add_compute(result, entries, graph_flops, peaks)
     for e in entries:
         e.cand.close()
     _gc.collect()
@@ -576,6 +593,37 @@ def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, note
         "agreement_with_baseline": agreement,
         "curve": curve,
     }
+
+
+def _add_compute(result: dict[str, Any], entries: list[_Entry], flops: dict[str, GraphFlops], peaks: list[float]) -> None:
+    """FLOPs per graph, the GEMM peak, and per candidate the achieved GFLOP/s of each graph's stage."""
+    peak = max(peaks)
+    result["hardware"] = {
+        "fp32_gemm_peak_gflops": peak,
+        "fp32_gemm_peak_samples_gflops": peaks,
+        "peak_method": "numpy BLAS square fp32 GEMM n=1024, best of 5; timed before and after the candidates, the higher kept",
+    }
+    result["graph_flops"] = {
+        name: {**f.to_json(), "stage": STAGE_OF_GRAPH[name], "prompts": len(result["settings"]["prompts"])} for name, f in flops.items()
+    }
+    by_cand = {e.cand.name: e for e in entries}
+    for c in result["candidates"]:
+        e = by_cand[c["name"]]
+        times = {**e.image_stages, **e.text_miss}
+        compute = {}
+        for name, f in flops.items():
+            ms = times.get(STAGE_OF_GRAPH[name])
+            if not ms or f.total == 0:
+                continue
+            med = float(np.median(ms))
+            rate = f.total / (med / 1e3) / 1e9 if med > 0 else None
+            compute[name] = {
+                "stage_p50_ms": med,
+                "achieved_gflops": rate,
+                "fraction_of_fp32_peak": rate / peak if rate is not None and peak > 0 else None,
+            }
+        if compute:
+            c["compute"] = compute
 
 
 def _speedup(baseline: Sequence[float], candidate: Sequence[float]) -> float | None:

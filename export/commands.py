@@ -40,6 +40,12 @@ def export(
         help="fused: each attention as one com.microsoft::MultiHeadAttention node (ONNX Runtime, OpenVINO; less memory); "
         "unfused: MatMul/Softmax/MatMul (every backend, needed for `medsam3-rt build`/TensorRT).",
     ),
+    batch_axis: bool = typer.Option(
+        False, "--batch-axis", help="Image backbone with a dynamic batch axis: several images per call (Segmenter.segment_batch)."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Export at this input size (px, e.g. 1008 -> 840/672/504) instead of the checkpoint's."
+    ),
 ) -> None:
     """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
     exp = import_optional("medsam3_export.exporter", "export", "`medsam3-rt export`")
@@ -51,7 +57,15 @@ def export(
             say(msg)
 
         source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
-        options = exp.ExportOptions(opset=opset, overwrite=force, prompt_semantics=prompt_semantics, adapter=adapter, attention=attention)
+        options = exp.ExportOptions(
+            opset=opset,
+            overwrite=force,
+            prompt_semantics=prompt_semantics,
+            adapter=adapter,
+            attention=attention,
+            image_size=image_size,
+            batch_axis=batch_axis,
+        )
         exp.export_model(source, output, config=config, options=options, progress=progress)
 
 

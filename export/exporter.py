@@ -43,6 +43,7 @@ from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import build_graph_module
 from .manifest_writer import file_entry
 from .onnx_export import DEFAULT_OPSET, export_graph
+from .resolution import resize_checkpoint, resolution_info
 from .semantics import DEFAULT_PROMPT_SEMANTICS, DESCRIPTIONS, check_prompt_semantics
 from .tokenizer_files import checkpoint_tokenizer, write_tokenizer
 
@@ -67,6 +68,8 @@ class ExportOptions:
     # "fused": every attention as one com.microsoft::MultiHeadAttention node (attention.py);
     # "unfused": MatMul/Softmax/MatMul, for backends without that op (TensorRT's parser)
     attention: str = DEFAULT_ATTENTION
+    image_size: int | None = None  # export at this input size instead of the checkpoint's (resolution.py)
+    batch_axis: bool = False  # image backbone with a symbolic batch axis "B" (several images per call)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_CHOICES:
@@ -174,7 +177,7 @@ def parity_inputs(
         return {gc.INPUT_IDS: t(ids), gc.ATTENTION_MASK: t(attn)}
     if name == gc.IMAGE_BACKBONE:
         return {gc.PIXEL_VALUES: t(pixels)}
-    backbone = refs[gc.IMAGE_BACKBONE]
+    backbone = {k: v[:1] for k, v in refs[gc.IMAGE_BACKBONE].items()}  # the first image of a batched backbone
     if name == gc.DETECTOR:
         return {
             **{k: t(backbone[k]) for k in gc.DET_FPN},
@@ -266,6 +269,11 @@ def export_model(
         source_dir = Path(source) if Path(source).is_dir() else None
     if opts.adapter is not None:
         merge_adapter(ckpt, adapter, say)
+    checkpoint_size = model_dims(ckpt).image_size
+    if opts.image_size is not None:
+        ckpt = resize_checkpoint(ckpt, opts.image_size)
+        if opts.image_size != checkpoint_size:
+            say(f"exporting at {opts.image_size} px (the checkpoint's size is {checkpoint_size} px)")
     dims = model_dims(ckpt)
     semantics, semantics_from = resolve_prompt_semantics(opts.prompt_semantics, ckpt)
     say(f"detector prompt semantics: {semantics} ({semantics_from})")
@@ -273,6 +281,8 @@ def export_model(
         un = ckpt.source["unexported_parameters"]
         say(f"not exported: {len(un['tensors'])} tensors, {un['total']} parameters ({un['reason']})")
     specs = gc.expected_specs(dims)
+    if opts.batch_axis:
+        specs[gc.IMAGE_BACKBONE] = gc.backbone_spec(dims, "B")
     det = ckpt.detector
     names = list(gc.DETECTOR_GRAPHS) + (list(gc.TRACKER_GRAPHS) if dims.has_tracker else [])
     model = ckpt.video or det
@@ -282,6 +292,8 @@ def export_model(
         ids, attn = ClipTokenizer(stage / tok_info.file, tok_info).encode(PARITY_PROMPTS)
         preprocess = Preprocess(image_size=dims.image_size)
         pixels = pixel_values(parity_image(dims.image_size), preprocess)
+        if opts.batch_axis:  # two different images: a batch of 1 would let the exporter fix the axis
+            pixels = np.concatenate([pixels, pixel_values(parity_image(dims.image_size, seed=1), preprocess)])
 
         modules = {name: build_graph_module(name, ckpt, dims, semantics) for name in names}
         say("running the PyTorch reference")
@@ -336,6 +348,7 @@ def export_model(
                     "graphs": [gc.DETECTOR],
                 },
                 "config": model.config.to_dict(),
+                "resolution": resolution_info(ckpt, checkpoint_size),
                 "intended_use": INTENDED_USE,
             },
             producer=_versions(opts.opset),

@@ -6,6 +6,7 @@ string literals only here. Symbolic axes use single letters:
 
     P  prompts in one detector batch        N  tracked objects in one tracker batch
     M  memory frames per object             K  object pointers per object
+    B  images in one backbone call (exports made with a batch axis; older ones fix it to 1)
 """
 
 from __future__ import annotations
@@ -183,6 +184,23 @@ class ModelDims:
 
 def _f32(name: str, *shape: int | str) -> TensorSpec:
     return TensorSpec(name, "float32", tuple(shape))
+
+
+def backbone_spec(dims: ModelDims, batch: int | str = 1) -> GraphSpec:
+    """The image backbone's I/O with a fixed batch of 1 (the default) or the symbolic axis "B"."""
+    spec = expected_specs(dims)[IMAGE_BACKBONE]
+    if batch == 1:
+        return spec
+    return GraphSpec(
+        IMAGE_BACKBONE,
+        tuple(TensorSpec(t.name, t.dtype, (batch, *t.shape[1:])) for t in spec.inputs),
+        tuple(TensorSpec(t.name, t.dtype, (batch, *t.shape[1:])) for t in spec.outputs),
+    )
+
+
+def image_batch_axis(spec: GraphSpec) -> bool:
+    """True when the backbone takes several images per call (its leading axis is "B")."""
+    return spec.name == IMAGE_BACKBONE and bool(spec.inputs) and spec.inputs[0].shape[0] == "B"
 
 
 def expected_specs(dims: ModelDims) -> dict[str, GraphSpec]:

@@ -219,6 +219,11 @@ class Manifest:
         return all(name in self.graphs for name in gc.TRACKER_GRAPHS)
 
     @property
+    def image_batch_axis(self) -> bool:
+        """Whether the backbone takes several images per call (exports made with `--batch-axis`)."""
+        return gc.image_batch_axis(self.graph(gc.IMAGE_BACKBONE).spec)
+
+    @property
     def text_encoder_sha256(self) -> str:
         """Identifies the text embeddings this model produces; prompt packs are keyed by it."""
         return self.files[self.graphs[gc.TEXT_ENCODER].file].sha256
@@ -364,7 +369,9 @@ def parse_manifest(data: Any) -> Manifest:
             tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in lists["inputs"]),
             tuple(gc.TensorSpec.from_json(t, f"graph '{name}'") for t in lists["outputs"]),
         )
-        if spec != expected[name]:
+        if name == gc.IMAGE_BACKBONE and spec != expected[name] and spec == gc.backbone_spec(dims, "B"):
+            pass  # an export with an image batch axis (several images per backbone call)
+        elif spec != expected[name]:
             raise ManifestError(f"manifest graph '{name}' declares I/O {_describe(spec)}, this runtime expects {_describe(expected[name])}")
         graphs[name] = GraphEntry(name, entry["file"], spec, tuple(lists["external_data"]), entry.get("attention", "unfused"))
     missing = [g for g in gc.DETECTOR_GRAPHS if g not in graphs]

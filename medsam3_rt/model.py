@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import graph_contract as gc
-from .backends import Backend, BackendOptions, GraphRunner, resolve
+from .backends import Backend, BackendOptions, GraphRunner, as_numpy, resolve
 from .manifest import Manifest, Verify, load_manifest
 from .prompt_pack import SUFFIX as PACK_SUFFIX
 from .prompt_pack import PromptPack, read_prompt_pack
@@ -137,6 +137,18 @@ class Model:
     def encode_image(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Backbone features of one preprocessed image, computed once and shared by all stages."""
         return self.run(gc.IMAGE_BACKBONE, {gc.PIXEL_VALUES: pixel_values})
+
+    def encode_images(self, pixel_values: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Backbone features of several preprocessed images, one (1, ...) dict per image.
+
+        With an image batch axis (`manifest.image_batch_axis`) they go through the backbone in
+        one call; an export with a fixed batch of 1 runs them one after the other. Features a
+        GPU backend kept on the device come back to the host to be split by image.
+        """
+        if len(pixel_values) == 1 or not self.manifest.image_batch_axis:
+            return [self.encode_image(p) for p in pixel_values]
+        out = {k: as_numpy(v) for k, v in self.encode_image(np.concatenate(list(pixel_values), axis=0)).items()}
+        return [{k: v[i : i + 1] for k, v in out.items()} for i in range(len(pixel_values))]
 
     def detect(self, features: Mapping[str, np.ndarray], text: TextBatch) -> dict[str, np.ndarray]:
         feeds = {name: features[name] for name in gc.DET_FPN}

@@ -183,6 +183,9 @@ def segment(
         None, "--ray", metavar="ADDRESS", help="Run on Ray actors: 'local' (a local cluster) or a cluster address ('scale' extra)."
     ),
     actors: int = typer.Option(2, "--actors", min=1, help="--ray: actors, each loading the model once (1 CPU each)."),
+    batch_size: int = typer.Option(
+        1, "--batch-size", min=1, help="Images: segment this many per backbone call (exports made with --batch-axis; else one by one)."
+    ),
     fmt: str = typer.Option("nifti", "--format", help="Volume labels: nifti, or dicom-seg (DICOM series input; the 'dicom' extra)."),
     codes: Path | None = typer.Option(None, "--codes", help="--format dicom-seg: JSON/YAML file of prompt -> SNOMED CT codes."),
 ) -> None:
@@ -242,11 +245,21 @@ def segment(
         transient=True,
     ) as bar:
         task = bar.add_task("images", total=images, visible=images > 1)
+        pending: list[tuple[Job, list[Path]]] = []  # images waiting to share a backbone call
+
+        def flush() -> None:
+            if pending:
+                rows.extend(_run_images(seg, pending, prompts, min_score, win))
+                bar.advance(task, len(pending))
+                pending.clear()
+
         for job, paths in todo:
             if job.kind == "image":
-                rows += _run_image(seg, job.source, prompts, paths, min_score, win)
-                bar.advance(task)
+                pending.append((job, paths))
+                if len(pending) >= batch_size:
+                    flush()
                 continue
+            flush()
             sub = bar.add_task(f"{job.source.name}", total=None)
 
             def tick(done: int, total: int, sub: TaskID = sub) -> None:
@@ -272,6 +285,7 @@ def segment(
                 ids = {int(o) for fr in frames for o in fr.object_ids}
                 rows.append((job.source.name, ", ".join(prompts), f"{len(frames)} frames", f"{len(ids)} objects"))
             bar.remove_task(sub)
+        flush()
     seg.close()
     if STATE.quiet:
         return
@@ -315,6 +329,29 @@ def parse_bytes(text: str | None) -> int | None:
     if not amount > 0 or amount * units[unit] >= 1 << 62:
         raise UsageError(f"--gpu-mem-limit '{text}' is not a size; give bytes or a number with K, M, G or T (e.g. 4G)")
     return int(amount * units[unit])
+
+
+def _run_images(
+    seg: Segmenter, batch: list[tuple[Job, list[Path]]], prompts: list[str], min_score: float, window: IntensityWindow | None
+) -> list[tuple[str, str, str, str]]:
+    """Several image jobs through `Segmenter.segment_batch`; the same outputs as one `_run_image` each."""
+    if len(batch) == 1:
+        job, paths = batch[0]
+        return _run_image(seg, job.source, prompts, paths, min_score, window)
+    t0 = time.perf_counter()
+    images = [read_image(job.source) for job, _ in batch]
+    t_read = (time.perf_counter() - t0) * 1e3 / len(batch)
+    try:
+        results = seg.segment_batch(images, prompts, batch_size=len(batch), min_score=min_score, window=window)
+    except InputError:  # name the file: run them one by one, the failing one raises with its path
+        return [row for job, paths in batch for row in _run_image(seg, job.source, prompts, paths, min_score, window)]
+    rows = []
+    for (job, paths), image, result in zip(batch, images, results, strict=True):
+        path = job.source
+        timings = {"read": t_read, **result.timings_ms}
+        write_outputs(path, image, result, paths, window, result_json(path, result, seg, timings))
+        rows += [(path.name, p, f"{s:.3f}", str(int(a))) for p, s, a in zip(result.prompts, result.scores, result.areas, strict=True)]
+    return rows
 
 
 def _run_image(

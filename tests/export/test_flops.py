@@ -118,3 +118,26 @@ def test_known_shapes_fill_what_inference_cannot() -> None:
     assert count_flops(model).uncounted == {"MatMul": 1}
     fc = count_flops(model, known_shapes={"p": (2, 3), "o": (2, 4)})
     assert fc.by_op == {"MatMul": 2 * 2 * 4 * 3}
+
+
+def test_profiled_count_of_the_bench_equals_the_static_count(tmp_path) -> None:
+    """`medsam3_bench.flops` (ONNX Runtime's profile, no onnx import) prices every node as `count_flops` does."""
+    from medsam3_bench.flops import count_graph_flops
+
+    path = tmp_path / "g.onnx"
+    onnx.save(_model(), str(path))
+    feeds = {"x": np.zeros((3, 8, 16, 16), np.float32), "a": np.zeros((7, 4), np.float32)}
+    assert count_graph_flops(path, feeds).by_op == count_flops(_model(), {"batch": 3}).by_op
+
+
+def test_profiled_count_equals_the_static_count_on_the_tiny_export(tiny_export) -> None:
+    """Every 2D graph of a real export, P bound to 2: same FLOPs per op type, same unpriced ops."""
+    from medsam3_bench.flops import image_graph_flops
+
+    from medsam3_rt.manifest import load_manifest
+
+    manifest = load_manifest(tiny_export)
+    profiled = image_graph_flops(tiny_export, manifest, prompts=2)
+    for name, got in profiled.items():
+        static = count_flops(tiny_export / manifest.graph(name).file, {"P": 2})
+        assert got.total > 0 and got.by_op == static.by_op and got.uncounted == static.uncounted, name

@@ -98,6 +98,14 @@ validate(r, required=False)
 assert r["baseline"] is None and r["speedup_vs_baseline"] == {{}}
 assert r["settings"]["stream_policy"]["thresholds_from"] == "given"
 assert "ort-cpu" in to_markdown(r)
+# issue 17 item 5: each 2D graph's FLOPs, the measured GEMM peak, achieved GFLOP/s per stage
+assert r["hardware"]["fp32_gemm_peak_gflops"] > 0
+assert set(r["graph_flops"]) == {{"image_backbone", "detector", "text_encoder"}}
+assert all(g["gflop"] > 0 for g in r["graph_flops"].values())
+comp = r["candidates"][0]["compute"]
+bb = comp["image_backbone"]
+assert abs(bb["achieved_gflops"] - r["graph_flops"]["image_backbone"]["gflop"] / (bb["stage_p50_ms"] / 1e3)) < 1e-6
+assert 0 < bb["fraction_of_fp32_peak"] and "## Work and the hardware limit" in to_markdown(r)
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "medsam3_export"))
 assert not bad, bad
 print("ok")
