@@ -42,8 +42,8 @@ from medsam3_rt.manifest import Manifest, load_manifest
 from medsam3_rt.profiling import machine_info, median_ratio, rss_bytes, summarize
 
 from .candidates import BASELINE_NAME, Candidate, ImageOutput, RuntimeCandidate, StreamHandle, StreamPolicy, expand_backends, load_baseline
-from .memory import StageMemory
 from .flops import STAGE_OF_GRAPH, GraphFlops, image_graph_flops
+from .memory import StageMemory
 from .peak import measure_gemm_peak
 from .schema import CURVE_LENGTHS, IMAGE_STAGES, SCHEMA_ID, STREAM_STAGES, TEXT_MISS_STAGES
 
