@@ -134,7 +134,9 @@ def test_plain_reference_without_hub_kernels(tiny_video_hf_dir: Path, tiny_video
     options = medsam3_rt.StreamOptions(
         policy="transformers",
         nms=False,
-        fill_holes=False, detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD
+        fill_holes=False,
+        detection_threshold=DETECTION_THRESHOLD,
+        new_object_threshold=NEW_OBJECT_THRESHOLD,
     )
     stream = seg.stream(PROMPTS, options=options)
     for t, (frame, expected) in enumerate(zip(frames, ref, strict=True)):
