@@ -21,6 +21,26 @@ from .config import ConfigError, ModelConfig, build, read_config_mapping
 
 
 @dataclass(frozen=True)
+class HeldoutBlocks:
+    """Hold out what an image run held out, so a detector and its tracker share one validation set.
+
+    The image recipe splits a volume's slices in blocks of `block` neighbours per axis, groups
+    named `<volume_key>:<axis>:<block index>`; with this set, a clip whose frames all lie in
+    validation blocks is a validation clip, one whose frames all lie in training blocks trains,
+    and a clip straddling both is dropped (it would train on held-out slices).
+    """
+
+    split_file: str  # the image run's split.json
+    dataset: str  # the dataset's name in it
+    volume_key: str  # this volume's group prefix there (the mricron layout: its dataset name; nifti: the case)
+    block: int = 10  # the image run's split_block
+
+    def __post_init__(self) -> None:
+        if self.block < 1:
+            raise ConfigError(f"heldout.block must be >= 1, got {self.block}")
+
+
+@dataclass(frozen=True)
 class VolumeSpec:
     """An image NIfTI and its label NIfTI on the same grid (labels: mask value -> concept)."""
 
@@ -30,6 +50,7 @@ class VolumeSpec:
     axes: tuple[str, ...] = ("axial",)
     slice_step: int = 1  # every n-th slice (a coarser grid is a harder, faster clip)
     window: tuple[float, float] | None = None
+    heldout: HeldoutBlocks | None = None  # split like an image run (else: the clip split below)
 
 
 @dataclass(frozen=True)
@@ -106,7 +127,10 @@ def _resolve_paths(cfg: TrackerTrainConfig, base: Path) -> TrackerTrainConfig:
         q = Path(p).expanduser()
         return str(q if q.is_absolute() else base / q)
 
-    vols = tuple(dataclasses.replace(v, image=r(v.image), label=r(v.label)) for v in cfg.data.volumes)
+    def held(h: HeldoutBlocks | None) -> HeldoutBlocks | None:
+        return None if h is None else dataclasses.replace(h, split_file=r(h.split_file))
+
+    vols = tuple(dataclasses.replace(v, image=r(v.image), label=r(v.label), heldout=held(v.heldout)) for v in cfg.data.volumes)
     vids = tuple(dataclasses.replace(v, frames=r(v.frames), masks=r(v.masks)) for v in cfg.data.videos)
     return dataclasses.replace(cfg, output_dir=r(cfg.output_dir), data=dataclasses.replace(cfg.data, volumes=vols, videos=vids))
 

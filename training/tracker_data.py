@@ -12,7 +12,10 @@ several labels may share a concept):
 * videos: a folder of frames and a folder of label-map masks with the same file stems.
 
 Clips are grouped for the train/validation split by `block` neighbouring start positions,
-so held-out clips never share a frame with training clips when `block >= length`.
+so held-out clips never share a frame with training clips when `block >= length`. A volume
+can instead take the split of an image run (`HeldoutBlocks`): its held-out slices are then
+held out from the tracker too, clip by clip (`Clip.side`), and clips straddling the two
+sides are dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from medsam3_rt.errors import InputError
 from medsam3_rt.preprocess import Preprocess, pixel_values
 
 from .data.sources import AXES, load_volume, take_slice, volume_to_uint8
+from .tracker_config import HeldoutBlocks
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -42,6 +46,7 @@ class Clip:
     concept: str
     group: str  # split unit: clips of one group land on the same side
     name: str
+    side: str | None = None  # "train" / "val" when fixed by an image run's split, else drawn by group
 
 
 def _concept_labels(labels: dict[int, str]) -> dict[str, list[int]]:
@@ -63,8 +68,15 @@ def _runs(
     block: int,
     key: str,
     min_pixels: int,
+    indices: np.ndarray | None = None,
+    val_slices: frozenset[int] | None = None,
 ) -> Iterator[Clip]:
-    """Every clip of `length` frames starting every `stride` frames, per concept present on its first frame."""
+    """Every clip of `length` frames starting every `stride` frames, per concept present on its first frame.
+
+    With `val_slices` (held-out slice indices; `indices` maps frames to slices), a clip is on
+    the validation side when every frame is held out, on the training side when none is, and
+    skipped otherwise.
+    """
     present = set(np.unique(labelmaps).tolist()) - {0}
     unknown = sorted(present - set(labels))
     if unknown:
@@ -76,12 +88,20 @@ def _runs(
         for start in range(0, frames.shape[0] - length + 1, stride):
             if int(masks[start].sum()) < min_pixels:
                 continue
+            side = None
+            if val_slices is not None:
+                pos = indices[start : start + length] if indices is not None else range(start, start + length)
+                held = sum(int(i) in val_slices for i in pos)
+                if 0 < held < length:
+                    continue
+                side = "val" if held else "train"
             yield Clip(
                 frames=frames[start : start + length],
                 masks=masks[start : start + length],
                 concept=concept,
                 group=f"{key}:{start // max(block, 1):04d}",
                 name=f"{key}:{concept}:{start:04d}",
+                side=side,
             )
 
 
@@ -97,8 +117,12 @@ def volume_clips(
     step: int = 1,
     min_pixels: int = 50,
     window: tuple[float, float] | None = None,
+    heldout: HeldoutBlocks | None = None,
 ) -> list[Clip]:
-    """Clips along `axis` of an image volume and its label volume (every `step`-th slice)."""
+    """Clips along `axis` of an image volume and its label volume (every `step`-th slice).
+
+    `heldout`: take the side of each clip from an image run's split (see `heldout_slices`).
+    """
     if axis not in AXES:
         raise InputError(f"axis {axis!r} is not one of {', '.join(AXES)}")
     vol, _ = load_volume(Path(image))
@@ -110,7 +134,53 @@ def volume_clips(
     frames = np.stack([take_slice(vol8, axis, i) for i in idx])
     maps = np.stack([take_slice(lab, axis, i) for i in idx]).astype(np.int64)
     key = f"{Path(image).name.split('.')[0]}:{axis}"
-    return list(_runs(frames, maps, labels, length=length, stride=stride, block=block, key=key, min_pixels=min_pixels))
+    val_slices = None
+    if heldout is not None:
+        n = vol.shape[AXES[axis]]
+        val_slices = heldout_slices(heldout.split_file, heldout.dataset, heldout.volume_key, axis, heldout.block, n)
+    return list(
+        _runs(
+            frames,
+            maps,
+            labels,
+            length=length,
+            stride=stride,
+            block=block,
+            key=key,
+            min_pixels=min_pixels,
+            indices=np.asarray(idx),
+            val_slices=val_slices,
+        )
+    )
+
+
+def heldout_slices(split_file: str | Path, dataset: str, volume_key: str, axis: str, block: int, n: int) -> frozenset[int]:
+    """The slice indices along `axis` (of `n`) that an image run's split holds out for one volume.
+
+    The image recipe names a volume's groups `<volume_key>:<axis>:<block index>` (blocks of
+    `block` slices), or `<volume_key>` when whole volumes are split.
+    """
+    import json
+
+    from .config import ConfigError
+
+    try:
+        data = json.loads(Path(split_file).read_text(encoding="utf-8"))
+        entry = data["datasets"][dataset]
+        train, val = set(entry["train"]), set(entry["val"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"heldout: cannot read dataset '{dataset}' of the split '{split_file}' ({type(e).__name__}: {e})") from None
+    if volume_key in val:
+        return frozenset(range(n))
+    prefix = f"{volume_key}:{axis}:"
+    if volume_key not in train and not any(g.startswith(prefix) for g in train | val):
+        raise ConfigError(f"heldout: the split '{split_file}' has no group of volume '{volume_key}' along the {axis} axis")
+    out: set[int] = set()
+    for g in val:
+        if g.startswith(prefix) and g[len(prefix) :].isdigit():
+            b = int(g[len(prefix) :])
+            out.update(range(b * block, min((b + 1) * block, n)))
+    return frozenset(out)
 
 
 def video_clips(
@@ -162,8 +232,12 @@ def split_clips(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list
     """Clips split by group (85/15, seed 42 in the recipe), as the image recipe splits slices."""
     from .data.split import draw_split
 
-    groups = sorted({c.group for c in clips})
+    groups = sorted({c.group for c in clips if c.side is None})
     split = draw_split(groups, val_fraction, seed)
-    train = [c for c in clips if split.side(c.group) == "train"]
-    val = [c for c in clips if split.side(c.group) != "train"]
+
+    def side(c: Clip) -> str:
+        return c.side if c.side is not None else split.side(c.group)
+
+    train = [c for c in clips if side(c) == "train"]
+    val = [c for c in clips if side(c) != "train"]
     return train, val

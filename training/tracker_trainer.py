@@ -62,6 +62,7 @@ def load_clips(cfg: TrackerTrainConfig) -> list[Clip]:
                 step=v.slice_step,
                 min_pixels=c.min_pixels,
                 window=v.window,
+                heldout=v.heldout,
             )
     for d in cfg.data.videos:
         clips += video_clips(

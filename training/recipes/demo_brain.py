@@ -346,7 +346,12 @@ def tracker_start(work: Path) -> Path:
 
 
 def tracker_config_dict(work: Path, start: Path, labels: Path, *, steps: int, smoke: bool) -> dict[str, Any]:
-    """Clips of 4 slices 2 mm apart along the three axes of Colin27 (T1 and skull-stripped)."""
+    """Clips of 4 slices 2 mm apart along the three axes of Colin27 (T1 and skull-stripped).
+
+    The detector's split holds for the tracker: clips inside its held-out blocks validate,
+    clips touching them do not train (`heldout`), so the 3D evaluation's slabs are unseen by both.
+    """
+    heldout = {"split_file": str(work / "run" / "split.json"), "dataset": DATASET, "volume_key": DATASET, "block": SPLIT_BLOCK}
     volumes = [
         {
             "image": str(MRICRON / f"{src}.nii.gz"),
@@ -354,6 +359,7 @@ def tracker_config_dict(work: Path, start: Path, labels: Path, *, steps: int, sm
             "labels": {i: c for i, c in enumerate(TRACKER_CONCEPTS, 1)},
             "axes": list(SLICE_AXES),
             "slice_step": 2,
+            "heldout": heldout,
         }
         for src in IMAGE_SOURCES
     ]
