@@ -48,3 +48,35 @@ def test_tracker_stage_keeps_the_detector_and_trains_the_tracker(tmp_path: Path)
     assert result.volume_mode == "tracker"
     kinds = [r.kind for r in result.rows]
     assert kinds.count("volume") == kinds.count("volume-detect") == 3
+
+    # the report's 3D table: per-slice detection vs forward / bidirectional tracking on a held-out slab
+    from medsam3_training.volume_eval import MODES, components3d, markdown_3d, neighbour_dice
+
+    slabs = R.heldout_slabs(tmp_path)
+    val = R._val_groups(tmp_path)
+    for slab in slabs:  # every slice of every slab is in a held-out block of the detector's split
+        axis, span = slab.name.split(" ")
+        i0, i1 = map(int, span.split("-"))
+        assert all(f"colin27:{axis}:{i // R.SPLIT_BLOCK:04d}" in val for i in range(i0, i1 + 1))
+        assert len(slab.image) == i1 - i0 + 1
+    # ... and no tracker training clip touches one
+    split = __import__("json").loads((tmp_path / "tracker" / "split.json").read_text())
+    for name in split["train"]:
+        src_axis, start = name.split(":")[1], int(name.split(":")[-1])
+        assert all(f"colin27:{src_axis}:{2 * (start + k) // R.SPLIT_BLOCK:04d}" not in val for k in range(4)), name
+    v3 = R.evaluate_3d(tmp_path, threads=1, max_slabs=1, concepts=("lateral ventricle", "frontal lobe"))
+    held = v3["heldout"]
+    assert held["tracker"] is True and held["modes"] == list(MODES)
+    (ds,) = held["datasets"]
+    rows = held["datasets"][ds]["concepts"]
+    slab = slabs[0]
+    for concept, row in rows.items():
+        truth = slab.truths[concept]
+        assert row["reference"]["components"] == components3d(truth)
+        assert row["reference"]["consistency"] == pytest.approx(neighbour_dice(truth))
+        for mode in MODES:
+            m = row["modes"][mode]
+            assert 0.0 <= m["dice"] <= 1.0 and m["components"] >= 0 and m["ms_per_slice"] > 0
+    assert set(v3["second_source"]["datasets"][R.ItkT1Source().name]["concepts"]) == {"brain"}
+    text = "\n".join(markdown_3d(held, "Held-out slabs"))
+    assert "Dice forward" in text and "components ref" in text and all(c in text for c in rows)

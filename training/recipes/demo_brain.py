@@ -35,14 +35,20 @@ schedule, best-validation-Dice checkpoint) on the `demo` preset (export/presets.
 initialisation. Deviations, because nothing is pre-trained: one learning rate (3e-4) for every
 group and no layer-wise decay (both exist to protect pre-trained features), and stronger
 augmentation (crop 55-100 %, zoom-out, aspect, rotation 15 deg, contrast/brightness/gamma,
-bias field, blur, noise) so that one subject's slices generalise to other T1 scans. The
-tracker is not trained: the export is detector-only, and volumes run per-slice detection.
+bias field, blur, noise) so that one subject's slices generalise to other T1 scans.
+
+Tracker (stage `tracker`): the detector frozen, the tracker trained by the tracker recipe on
+clips of 4 slices 2 mm apart, split like the detector (clips inside its held-out blocks
+validate, clips touching them never train); the export then carries the tracker graphs.
 
 Evaluation (paper Sec. 4.2, `medsam3_training.evaluate`): one text prompt per concept, the
 top-1 mask per prompt, Dice/IoU per (image, concept) with the concept present; next to the
 untrained model (the same initialisation), Otsu thresholding (brain only) and a location prior
 (the concept's mean training mask per slicing axis). The report (JSON + markdown) and the
 export are copied into `medsam3_rt/demo/` by `package`, with a sample slice and volume.
+In 3D (`medsam3_training.volume_eval`), each concept on the held-out slabs (the held-out
+blocks as stacks of slices) and on the unseen scan: per-slice detection vs forward and
+bidirectional tracking, Dice, inter-slice consistency, 3D components, time per slice.
 """
 
 from __future__ import annotations
@@ -536,7 +542,80 @@ def heldout_sources(work: Path) -> tuple[list[Source], dict[str, list[SampleRef]
     return sources, refs, val
 
 
-def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None) -> dict[str, Any]:
+def heldout_slabs(work: Path, vols: dict[str, Any] | None = None) -> list[Any]:
+    """The held-out blocks of the T1 as 3D slabs (neighbouring held-out blocks of one axis merged)."""
+    from ..volume_eval import Slab
+
+    vols = vols if vols is not None else _colin_volumes()
+    shape = vols["t1"].shape
+    blocks: dict[str, list[int]] = {}
+    for g in sorted(_val_groups(work)):
+        _, axis, b = g.split(":")
+        blocks.setdefault(axis, []).append(int(b))
+    slabs = []
+    for axis in SLICE_AXES:
+        runs: list[list[int]] = []
+        for b in sorted(blocks.get(axis, [])):
+            if runs and runs[-1][-1] == b - 1:
+                runs[-1].append(b)
+            else:
+                runs.append([b])
+        for run in runs:
+            i0, i1 = run[0] * SPLIT_BLOCK, min((run[-1] + 1) * SPLIT_BLOCK, shape[AXES[axis]])
+            image = np.stack([take_slice(vols["t1"], axis, i) for i in range(i0, i1)])
+            truths = {c: np.stack([take_slice(vols["masks"][c], axis, i) for i in range(i0, i1)]) for c in CONCEPTS}
+            slabs.append(Slab("colin27 T1 (held-out slabs)", f"{axis} {i0}-{i1 - 1}", image, truths))
+    return slabs
+
+
+def itk_slabs() -> list[Any]:
+    """The unseen ITK scan as one slab per axis: its slices showing brain (>= 1 %), in-plane 1 mm like the 2D evaluation."""
+    from ..volume_eval import Slab
+
+    itk = ItkT1Source()
+    slabs = []
+    for axis in SLICE_AXES:
+        idx = [int(r.key.split(":")[1]) for r in itk.refs() if r.key.startswith(f"{axis}:")]
+        rng = range(min(idx), max(idx) + 1)
+        image = np.stack([itk._iso(axis, take_slice(itk.image, axis, i), nearest=False) for i in rng])
+        brain = np.stack([itk._iso(axis, take_slice(itk.brain, axis, i).astype(np.uint8), nearest=True) > 0 for i in rng])
+        slabs.append(Slab(itk.name, f"{axis} {rng.start}-{rng.stop - 1} ({itk.spacing[AXES[axis]]:g} mm apart)", image, {"brain": brain}))
+    return slabs
+
+
+def volume_options() -> tuple[Any, Any]:
+    """The 3D evaluation's stream settings (fixed here, not tuned on held-out data).
+
+    Per-slice detection: the top-1 mask on every slice whatever its score (the paper's 2D
+    protocol, as the demo). Tracking: the same top-1 detection on the first (or, bidirectional,
+    the most confident) slice starts one object that the memory carries; matching detections
+    re-anchor it (the tracker was trained on one object per clip, prompted on its first frame).
+    """
+    from medsam3_rt.tracker.settings import StreamOptions
+
+    return StreamOptions(detection_threshold=0.0), StreamOptions(detection_threshold=0.0, new_object_threshold=0.0, max_objects=1)
+
+
+def evaluate_3d(work: Path, *, threads: int, max_slabs: int | None = None, concepts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Per-slice detection vs forward and bidirectional tracking on the held-out slabs and the unseen scan."""
+    from ..volume_eval import evaluate_slabs
+
+    detect, track = volume_options()
+    slabs = heldout_slabs(work)[:max_slabs]
+    itk = itk_slabs()[:max_slabs]
+    t0 = time.perf_counter()
+    kw = dict(detect_options=detect, track_options=track, threads=threads, progress=lambda s: _say(f"  3D: {s}"))
+    held = evaluate_slabs(work / "export", slabs, concepts=concepts, **kw)
+    second = evaluate_slabs(work / "export", itk, **kw)
+    return {
+        "settings": {"per_slice": repr(detect), "tracking": repr(track), "window": [0, 255], "threads": threads},
+        "heldout": held,
+        "second_source": second,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None, max_slabs: int | None = None) -> dict[str, Any]:
     from medsam3_export import load_checkpoint
     from medsam3_export.tokenizer_files import checkpoint_tokenizer
 
@@ -571,6 +650,8 @@ def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None) -
     itk = ItkT1Source()
     second = evaluate([itk], {itk.name: itk.refs()}, [exported, before, OtsuPredictor()], progress=progress, max_images=max_images)
     exported.close()
+    _say("evaluating in 3D: per-slice detection vs tracking")
+    volumes_3d = evaluate_3d(work, threads=threads, max_slabs=max_slabs)
 
     training = json.loads((work / "training.json").read_text()) if (work / "training.json").is_file() else {}
     manifest = json.loads((work / "export" / "manifest.json").read_text())
@@ -585,7 +666,7 @@ def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None) -
             "image_size": cfg.model.random.overrides.get("image_size", 224) if cfg.model.random else None,
             "export_files_bytes": sizes,
             "export_total_bytes": int(sum(sizes.values())),
-            "tracker": "none: detector-only export; volumes and videos run per-slice detection (the tracker was not trained)",
+            "tracker": _tracker_summary(work),
         },
         "corpus": {
             "concepts": concept_dictionary(),
@@ -608,6 +689,7 @@ def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None) -
             "note": "a different subject and scanner, never seen in training; only 'brain' has a ground truth",
             **second,
         },
+        "volumes_3d": volumes_3d,
         "evaluation_seconds": round(time.perf_counter() - t0, 1),
     }
     report = json_safe(report)
@@ -616,6 +698,19 @@ def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None) -
     (work / "report_detail.md").write_text(markdown(held, "Held-out slices (per predictor)") + "\n" + markdown(second, "Unseen scan"))
     _say(f"wrote {work / 'report.json'} and report.md")
     return report
+
+
+def _tracker_summary(work: Path) -> str:
+    info = work / "tracker.json"
+    if not (work / "export" / "manifest.json").is_file() or not json.loads((work / "export" / "manifest.json").read_text()).get("tracker"):
+        return "none: detector-only export; volumes and videos run per-slice detection (the tracker was not trained)"
+    if not info.is_file():
+        return "tracker graphs exported"
+    t = json.loads(info.read_text())
+    return (
+        f"trained on the frozen detector, {t['steps']} clips of 4 slices ({t['wall_s'] / 60:.0f} min wall, "
+        f"{t['torch_threads']} torch thread(s)); held-out propagation Dice {t['initial_dice']:.1f} -> {t['best_dice']:.1f}"
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -682,6 +777,25 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"Export check: the exported model (ONNX Runtime) vs the PyTorch checkpoint on the held-out slices: "
             f"mean Dice delta {100 * c['dice_delta']:+.2f} points.",
             "",
+        ]
+    if "volumes_3d" in report:
+        from ..volume_eval import markdown_3d
+
+        v = report["volumes_3d"]
+        lines += [
+            "## 3D: tracking through the memory vs per-slice detection",
+            "",
+            "Each concept alone (one text prompt), segmented by the exported model through the runtime's volume path: "
+            "*per-slice* detects every slice on its own, *forward* tracks from the first slice, *bidirectional* from the "
+            "most confident slice towards both ends. Dice over the slab's voxels; *consistency* is the mean Dice between "
+            "neighbouring slices' masks (*ref*: the reference's own); *components* the number of 3D connected components "
+            "(26-connectivity); ms/slice is the wall-clock time (1 thread, a bidirectional run includes its detector scan). "
+            f"Settings: per-slice `{v['settings']['per_slice']}`, tracking `{v['settings']['tracking']}`. "
+            "Held-out slabs: the detector's held-out blocks (neighbouring blocks merged), never trained on by the detector "
+            "or the tracker.",
+            "",
+            *markdown_3d(v["heldout"], "Held-out slabs"),
+            *markdown_3d(v["second_source"], "Second source"),
         ]
     lines += [
         "Baselines: *untrained* is the same network at its initialisation (seed 0); *location prior* is the concept's mean "
@@ -823,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a few steps on a few slices (checks the plumbing)")
     ap.add_argument("--dest", default=str(DEMO_DIR), help="where `package` puts the model, samples and report")
     ap.add_argument("--max-images", type=int, default=None, help="evaluate at most this many images per dataset (quick checks)")
+    ap.add_argument("--max-slabs", type=int, default=None, help="3D evaluation: at most this many slabs per dataset (quick checks)")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -833,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("export", "all"):
         stage_export(work, threads=args.threads)
     if args.stage in ("evaluate", "all"):
-        stage_evaluate(work, threads=args.threads, max_images=args.max_images)
+        stage_evaluate(work, threads=args.threads, max_images=args.max_images, max_slabs=args.max_slabs)
     if args.stage in ("package", "all"):
         stage_package(work, dest=Path(args.dest))
     return 0
