@@ -10,8 +10,11 @@ summary, and scores the masks against the atlas masks shipped next to the sample
 
 The model (`model/`, an ordinary export directory) was trained by
 `training/recipes/demo_brain.py` on Colin27 T1 slices with atlas-derived concepts; its
-held-out and second-source Dice are in `report.md` / `report.json` here. It has **no tracker**
-(the tracker was not trained): volumes and videos run per-slice detection, and say so. The
+held-out and second-source Dice are in `report.md` / `report.json` here, with a 3D table of
+per-slice detection vs tracking on held-out slabs. Its tracker was trained by the recipe's
+`tracker` stage on the frozen detector: the demo tracks the sample volume through the memory,
+one prompt at a time, next to per-slice detection of the same slices (an export without
+tracker graphs runs per-slice detection only, and says so). The
 samples are held-out slices of the training subject, derived from Debian's mricron-data
 (see `LICENSE.md`). Research use only: not a medical device.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +153,31 @@ def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None =
         # per-slice detection keeps a prompt's mask from this threshold on (calibrated by the recipe on training slices)
         options = StreamOptions(detection_threshold=v["detection_threshold"]) if "detection_threshold" in v else None
         mode = "track" if seg.manifest.has_tracker else "detect"  # said in the summary, no warning needed
-        vres = seg.segment_volume(vol_path, vprompts, axis=v["axis"], window=window, mode=mode, options=options)
-        runs = [("volume", vres)]
-        if mode == "track":  # the same volume per slice, for comparison
-            runs.append(
-                ("volume-detect", seg.segment_volume(vol_path, vprompts, axis=v["axis"], window=window, mode="detect", options=options))
-            )
         vstem = v["image"].removesuffix(".nii.gz")
         truths = {p: np.asanyarray(nib.load(str(SAMPLES_DIR / v["masks"][p])).dataobj) > 0 for p in vprompts}
-        for kind, r in runs:
+        if mode == "detect":
+            vres = seg.segment_volume(vol_path, vprompts, axis=v["axis"], window=window, mode=mode, options=options)
+            preds = {"volume": {p: vres.labels == k + 1 for k, p in enumerate(vprompts)}}
+        else:
+            # With a tracker, each prompt runs alone (the recipe's 3D protocol, `tracking` in
+            # samples.json: its top detection on the first slice starts one object that the
+            # memory carries), then per slice on the same slices for comparison.
+            track = StreamOptions(**v["tracking"]) if "tracking" in v else options
+            preds = {"volume": {}, "volume-detect": {}}
+            labels: np.ndarray | None = None
+            timings: dict[str, float] = {}
             for k, p in enumerate(vprompts):
-                truth = truths[p]
-                pred = r.labels == k + 1
+                r = seg.segment_volume(vol_path, [p], axis=v["axis"], window=window, mode="track", options=track)
+                preds["volume"][p] = r.labels == 1
+                labels = np.zeros_like(r.labels) if labels is None else labels
+                labels[(r.labels == 1) & (labels == 0)] = k + 1
+                timings = {s: timings.get(s, 0.0) + ms for s, ms in r.timings_ms.items()}
+                d = seg.segment_volume(vol_path, [p], axis=v["axis"], window=window, mode="detect", options=options)
+                preds["volume-detect"][p] = d.labels == 1
+            vres = replace(r, labels=labels, prompts=tuple(vprompts), timings_ms=timings)
+        for kind, by_prompt in preds.items():
+            for p in vprompts:
+                truth, pred = truths[p], by_prompt[p]
                 dice, iou = metrics.dice(pred, truth), metrics.iou(pred, truth)
                 rows.append(DemoRow(v["image"], kind, p, None, dice, iou, int(pred.sum()), int(truth.sum())))
         volume = read_nifti(vol_path, v["axis"])

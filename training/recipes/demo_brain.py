@@ -911,6 +911,8 @@ def stage_package(work: Path, *, dest: Path = DEMO_DIR) -> dict[str, Any]:
             # where present, frontal lobe ~0.5), so no single detection threshold suits all
             # three; the block is chosen so that every prompt shows in its slices.
             "detection_threshold": 0.0,
+            # with a tracker: each prompt alone, as the report's 3D evaluation (`volume_options`)
+            "tracking": {k: getattr(volume_options()[1], k) for k in ("detection_threshold", "new_object_threshold", "max_objects")},
         },
         "note": "held-out slices of the training subject (Colin27); the report's second source is an unseen subject",
     }
