@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib
 import json
 import math
 import os
@@ -644,14 +645,22 @@ def stage_evaluate(work: Path, *, threads: int, max_images: int | None = None, m
             _say(f"  {name}: {k}/{n}")
 
     t0 = time.perf_counter()
-    _say("evaluating the held-out slices")
+    # the 3D evaluation (runtime only, one thread) runs in a second process beside the 2D one
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    # by module name: under `python -m` this module is __main__, which a spawned child cannot unpickle from
+    fn_3d = importlib.import_module(f"{__package__}.demo_brain").evaluate_3d
+    job_3d = pool.submit(fn_3d, work, threads=threads, max_slabs=max_slabs)
+    _say("evaluating the held-out slices (and, in a second process, in 3D: per-slice detection vs tracking)")
     held = evaluate(sources, refs, [trained_pt, exported, before, OtsuPredictor(), prior], progress=progress, max_images=max_images)
     _say("evaluating the unseen ITK scan")
     itk = ItkT1Source()
     second = evaluate([itk], {itk.name: itk.refs()}, [exported, before, OtsuPredictor()], progress=progress, max_images=max_images)
     exported.close()
-    _say("evaluating in 3D: per-slice detection vs tracking")
-    volumes_3d = evaluate_3d(work, threads=threads, max_slabs=max_slabs)
+    volumes_3d = job_3d.result()
+    pool.shutdown()
 
     training = json.loads((work / "training.json").read_text()) if (work / "training.json").is_file() else {}
     manifest = json.loads((work / "export" / "manifest.json").read_text())
