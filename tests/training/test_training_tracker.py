@@ -88,6 +88,36 @@ def test_volume_clips_follow_the_label_dictionary(label_volume: Path) -> None:
         volume_clips(TEMPLATES / "ch2bet.nii.gz", label_volume, {1: "cerebellum"}, length=4, step=3)
 
 
+def test_clips_take_the_sides_of_an_image_runs_split(label_volume: Path, tmp_path: Path) -> None:
+    """With `heldout`, held-out blocks of the detector's split hold their clips out of training."""
+    from medsam3_training.config import ConfigError
+    from medsam3_training.tracker_config import HeldoutBlocks
+    from medsam3_training.tracker_data import heldout_slices, split_clips, volume_clips
+
+    split = tmp_path / "split.json"
+    val = ["colin27:axial:0004", "colin27:axial:0005", "colin27:axial:0009"]  # slices 40-59 and 90-99
+    train = [f"colin27:axial:{b:04d}" for b in range(19) if f"colin27:axial:{b:04d}" not in val]
+    split.write_text(json.dumps({"datasets": {"colin27": {"train": train, "val": val}}}))
+    held = heldout_slices(split, "colin27", "colin27", "axial", 10, 181)
+    assert held == frozenset([*range(40, 60), *range(90, 100)])
+    labels = {i: c for i, c in enumerate(CONCEPTS, 1)}
+    spec = HeldoutBlocks(str(split), "colin27", "colin27", 10)
+    clips = volume_clips(TEMPLATES / "ch2bet.nii.gz", label_volume, labels, length=4, stride=1, step=3, heldout=spec)
+    tr, va = split_clips(clips, 0.3, 42)
+    assert tr and va and len(tr) + len(va) == len(clips)
+    val_names = {c.name for c in va}
+    for c in clips:  # frames are slices 3 * (start + k)
+        start = int(c.name.rsplit(":", 1)[1])
+        inside = [3 * (start + k) in held for k in range(4)]
+        assert all(inside) if c.name in val_names else not any(inside), c.name
+    every = volume_clips(TEMPLATES / "ch2bet.nii.gz", label_volume, labels, length=4, stride=1, step=3)
+    assert len(every) > len(clips)  # clips straddling a block boundary of the split are dropped
+    with pytest.raises(ConfigError, match="no group of volume 'colin27' along the coronal axis"):
+        volume_clips(TEMPLATES / "ch2bet.nii.gz", label_volume, labels, axis="coronal", length=4, step=3, heldout=spec)
+    with pytest.raises(ConfigError, match="cannot read dataset 'other'"):
+        heldout_slices(split, "other", "colin27", "axial", 10, 181)
+
+
 def test_tracker_learns_to_propagate_and_resumes(label_volume: Path, tmp_path: Path) -> None:
     import dataclasses
 
