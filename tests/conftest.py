@@ -119,6 +119,39 @@ def phantom(h: int, w: int, *, channels: int = 3, dtype: type = np.uint8, seed: 
     return img.astype(dtype)
 
 
+@pytest.fixture(scope="session")
+def meta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Meta's random video model (tests/meta_reference.py), its sam3.pt (flat, as released) and the geometry config."""
+    import time
+
+    import torch
+    from meta_reference import TIMINGS, build_meta_video_model, write_geometry
+
+    t0 = time.perf_counter()
+    model = build_meta_video_model(seed=0)
+    TIMINGS["meta build"] = time.perf_counter() - t0
+    root = tmp_path_factory.mktemp("meta")
+    state = model.state_dict()
+    torch.save(state, root / "sam3.pt")
+    return {"model": model, "path": root / "sam3.pt", "config": write_geometry(root / "config.json"), "root": root, "state": state}
+
+
+@pytest.fixture(scope="session")
+def meta_export(meta_checkpoint: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That sam3.pt exported unedited with the CLI (detector + tracker graphs)."""
+    import time
+
+    from meta_reference import TIMINGS
+
+    out = tmp_path_factory.mktemp("meta-export") / "export"
+    t0 = time.perf_counter()
+    proc = cli("export", str(meta_checkpoint["path"]), "--config", str(meta_checkpoint["config"]), "--output", str(out), timeout=1800)
+    TIMINGS["export (CLI)"] = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta_checkpoint["export_log"] = proc.stderr + proc.stdout
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one thread for a module: training steps are many small ops, and one thread

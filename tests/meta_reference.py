@@ -4,6 +4,11 @@ Meta's package hard-codes `device="cuda"` in a few tensor factories (position-en
 precompute, the decoder's coordinate cache) and calls `.cuda()` / `.pin_memory()`. The
 `cpu_only()` context redirects those from outside: factories asked for a CUDA device get the
 CPU, and `Tensor.cuda`, `Module.cuda`, `Tensor.pin_memory` return their argument unchanged.
+Meta's video path also casts the tracker's backbone features and memories to bfloat16 and
+relies on CUDA autocast to compute on them; under `cpu_only()` such a cast rounds to bfloat16
+and returns float32 (the values Meta stores, float32 arithmetic). Meta's CPU fallback for
+connected components fails on an empty batch (a frame without detections); it gets empty
+outputs, as Meta's CUDA kernels return.
 
 `build_meta_video_model()` builds a random model with Meta's own `build_sam3_video_model` at
 Meta's 1008-px geometry; only the ViT and the text encoder are narrowed (`_create_vit_backbone`
@@ -28,6 +33,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BPE = REPO / "export" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+
+# Seconds spent building and exporting Meta's model in this session (printed by the tests).
+TIMINGS: dict[str, float] = {}
 
 # The narrowed parts (everything else is Meta's builder as released).
 VIT = {"embed_dim": 96, "depth": 2, "num_heads": 2, "global_att_blocks": (1,)}
@@ -78,9 +86,26 @@ def cpu_only() -> Iterator[None]:
         if "device" in kwargs:
             kwargs["device"] = _cpu_device(kwargs["device"])
         kwargs.pop("non_blocking", None)
-        return original_to(self, *args, **kwargs)
+        out = original_to(self, *args, **kwargs)
+        # Meta's video path stores tracker features and memories as bfloat16 and computes on them
+        # under CUDA autocast; on the CPU the rounding is kept and the arithmetic stays float32
+        return original_to(out, torch.float32) if out.dtype == torch.bfloat16 and self.dtype != torch.bfloat16 else out
 
     patch(torch.Tensor, "to", tensor_to)
+    try:  # Meta's CPU connected components stack an empty list on a frame without detections
+        import sam3.perflib.connected_components as cc
+
+        original_cc = cc.connected_components_cpu
+
+        def connected_components_cpu(input_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if input_tensor.shape[0] == 0:
+                empty = torch.zeros(input_tensor.shape, dtype=torch.int64)
+                return empty, empty.clone()
+            return original_cc(input_tensor)
+
+        patch(cc, "connected_components_cpu", connected_components_cpu)
+    except ImportError:
+        pass
     patch(torch.Tensor, "cuda", lambda self, *a, **k: self)
     patch(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
     patch(torch.nn.Module, "cuda", lambda self, *a, **k: self)

@@ -366,7 +366,7 @@ def merge(
     removed = evicted = hidden = np.zeros(0, np.int64)
     state = None
     if meta:
-        state = hotstart if hotstart is not None else HotstartState()
+        state = _adopt(hotstart if hotstart is not None else HotstartState(), tracks, t)
         wanted = cap_new_objects(assoc.new, det.scores, 0, cfg.max_objects)  # a new object never displaces more than the cap
         overflow = len(tracks) + len(wanted) - cfg.max_objects
         evicted = stale_tracks(tracks, assoc, keep_alive, np.zeros(0, np.int64), overflow)
@@ -403,6 +403,22 @@ def merge(
         hidden=hidden,
         hotstart=state,
     )
+
+
+def _adopt(state: HotstartState, tracks: TrackTable, t: int) -> HotstartState:
+    """The hot-start state knowing every track: one it has not seen (a table built by hand, a
+    state started mid-stream) enters with its table's keep-alive and first frame."""
+    unknown = [i for i, o in enumerate(tracks.obj_ids) if int(o) not in state.keep_alive]
+    if not unknown:
+        return state
+    first = tracks.first_frame if tracks.first_frame is not None else np.full(len(tracks), t - 1)
+    state = HotstartState(
+        dict(state.first_frame), dict(state.unmatched_frames), dict(state.keep_alive), dict(state.overlap_frames), set(state.removed)
+    )
+    for i in unknown:
+        state.first_frame.setdefault(int(tracks.obj_ids[i]), int(first[i]))
+        state.keep_alive[int(tracks.obj_ids[i])] = int(tracks.keep_alive[i])
+    return state
 
 
 def tracker_only(

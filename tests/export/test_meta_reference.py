@@ -11,42 +11,16 @@ confidence threshold at 0, so the top-scoring query is compared with `segment`'s
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import cli, phantom
-from meta_reference import BPE, build_meta_video_model, cpu_only, meta_available, write_geometry
+from conftest import phantom
+from meta_reference import BPE, TIMINGS, cpu_only, meta_available
 
 REASON = meta_available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-
-TIMINGS: dict[str, float] = {}
-
-
-@pytest.fixture(scope="session")
-def meta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Meta's random video model, its sam3.pt (flat, as released) and the geometry config."""
-    t0 = time.perf_counter()
-    model = build_meta_video_model(seed=0)
-    TIMINGS["meta build"] = time.perf_counter() - t0
-    root = tmp_path_factory.mktemp("meta")
-    state = model.state_dict()
-    torch.save(state, root / "sam3.pt")
-    return {"model": model, "path": root / "sam3.pt", "config": write_geometry(root / "config.json"), "root": root, "state": state}
-
-
-@pytest.fixture(scope="session")
-def meta_export(meta_checkpoint: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("meta-export") / "export"
-    t0 = time.perf_counter()
-    proc = cli("export", str(meta_checkpoint["path"]), "--config", str(meta_checkpoint["config"]), "--output", str(out), timeout=1800)
-    TIMINGS["export (CLI)"] = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    meta_checkpoint["export_log"] = proc.stderr + proc.stdout
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from medsam3_rt.tracker.hotstart import HotstartConfig, HotstartState, hotstart_step
+from medsam3_rt.tracker.hotstart import HotstartConfig, HotstartState, hotstart_step, prune
 
 video_base = pytest.importorskip("sam3.model.sam3_video_base")
 
@@ -51,9 +51,11 @@ def _events(rng: np.random.Generator, alive: list[int], next_id: int) -> tuple[d
     return det, new, empty, unmatched, next_id + n_new
 
 
+@pytest.mark.parametrize("pruned", [False, True], ids=["as-meta", "pruned"])
 @pytest.mark.parametrize("cfg", CONFIGS)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-def test_hotstart_equals_meta(cfg: HotstartConfig, seed: int) -> None:
+def test_hotstart_equals_meta(cfg: HotstartConfig, seed: int, pruned: bool) -> None:
+    """Frame by frame equal to Meta's; `prune` (what Stream runs to stay bounded) changes no decision."""
     meta_self = SimpleNamespace(**cfg.__dict__)
     meta_md = {
         "obj_first_frame_idx": {},
@@ -83,9 +85,12 @@ def test_hotstart_equals_meta(cfg: HotstartConfig, seed: int) -> None:
         step = hotstart_step(state, t, det, new, empty, unmatched, cfg)
         assert set(map(int, meta_removed)) == set(step.removed), f"frame {t}"
         assert set(map(int, meta_md["suppressed_obj_ids"][t])) == set(step.suppressed), f"frame {t}"
-        assert {int(k): v for k, v in meta_md["trk_keep_alive"].items()} == step.state.keep_alive
+        meta_keep = {int(k): v for k, v in meta_md["trk_keep_alive"].items()}
+        assert (meta_keep if not pruned else {o: meta_keep[o] for o in step.state.keep_alive}) == step.state.keep_alive
         state = step.state
-        alive = [o for o in alive + new if o not in state.removed]
+        alive = [o for o in alive + new if o not in step.removed and o not in state.removed]
+        if pruned:
+            state = prune(state, alive, t, cfg)
         removed_total += len(step.removed)
         suppressed_total += len(step.suppressed)
     assert removed_total > 0  # the sequences exercise the removal rules

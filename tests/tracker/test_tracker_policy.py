@@ -163,6 +163,62 @@ def test_forget_counts_and_removes() -> None:
     assert counts.tolist() == [10] and removed.tolist() == [False]
 
 
+META = replace(CFG, mode="meta", max_objects=16)
+
+
+def test_meta_removes_a_young_track_the_detector_never_confirms() -> None:
+    """Hot-start: object 0 (added on frame 0) is tracked but unmatched on 8 frames -> removed on frame 8."""
+    d = policy.merge(dets([A], [0.9], [0]), policy.TrackTable.empty(), stack([]), np.zeros(0, np.float32), 0, 0, META)
+    assert d.new_obj_ids.tolist() == [0]
+    state = d.hotstart
+    tracks = policy.TrackTable(np.array([0]), np.array([0]), np.array([-1]), np.array([30]), np.array([0]))
+    for t in range(1, 9):
+        d = policy.merge(dets([], [], []), tracks, np.stack([A]), np.array([5.0], np.float32), t, 1, META, state)
+        state = d.hotstart
+        assert d.association.unmatched.tolist() == [0]
+        assert d.removed.tolist() == ([0] if t == 8 else []), t
+        tracks = replace(tracks, keep_alive=d.keep_alive, last_occluded=d.last_occluded)
+    # transformers' rules never remove it
+    d = policy.merge(dets([], [], []), tracks, np.stack([A]), np.array([5.0], np.float32), 9, 1, CFG)
+    assert d.removed.tolist() == [] and d.hotstart is None
+
+
+def test_meta_new_objects_leave_existing_memories_alone() -> None:
+    tracks = table([0], [0])
+    d_meta = policy.merge(dets([A, B], [0.9, 0.9], [0, 0]), tracks, np.stack([A]), np.array([5.0], np.float32), 1, 1, META)
+    d_hf = policy.merge(dets([A, B], [0.9, 0.9], [0, 0]), tracks, np.stack([A]), np.array([5.0], np.float32), 1, 1, CFG)
+    assert d_meta.new_obj_ids.tolist() == d_hf.new_obj_ids.tolist() == [1]
+    assert d_meta.rerun.tolist() == [] and d_hf.rerun.tolist() == [0]
+
+
+def test_meta_cap_gives_a_stale_track_up_for_a_new_detection() -> None:
+    """At the cap: the empty track 1 makes room; the matched track 0 and the confirmed track 2 stay."""
+    cfg = replace(META, max_objects=3)
+    tracks = policy.TrackTable(np.arange(3), np.zeros(3, np.int64), np.full(3, -1), np.array([30, 30, 30]), np.zeros(3, np.int64))
+    trk = np.stack([A, EMPTY, C])
+    d = policy.merge(dets([A_SHIFTED, B], [0.9, 0.95], [0, 0]), tracks, trk, np.array([5.0, -5.0, 5.0], np.float32), 1, 3, cfg)
+    assert d.new_dets.tolist() == [1] and d.new_obj_ids.tolist() == [3]
+    assert d.evicted.tolist() == [1] and d.removed.tolist() == []
+    # transformers' rules drop the new detection instead
+    d = policy.merge(
+        dets([A_SHIFTED, B], [0.9, 0.95], [0, 0]), tracks, trk, np.array([5.0, -5.0, 5.0], np.float32), 1, 3, replace(CFG, max_objects=3)
+    )
+    assert d.new_dets.tolist() == [] and d.evicted.tolist() == []
+
+
+def test_meta_cap_never_gives_up_a_confirmed_track() -> None:
+    cfg = replace(META, max_objects=2)
+    tracks = policy.TrackTable(np.arange(2), np.zeros(2, np.int64), np.full(2, -1), np.array([30, 30]), np.zeros(2, np.int64))
+    d = policy.merge(dets([A, B], [0.9, 0.95], [0, 0]), tracks, np.stack([A, C]), np.array([5.0, 5.0], np.float32), 1, 2, cfg)
+    assert d.new_dets.tolist() == [] and d.evicted.tolist() == []
+
+
+def test_frame_objects_drop_hidden_rows_before_resolving_overlaps() -> None:
+    logits = np.stack([A, A_SHIFTED])
+    shown = policy.frame_objects(logits, np.array([0, 0]), np.array([0.9, 0.1], np.float32), np.array([True, False]))
+    assert shown.keep.tolist() == [1] and shown.masks[0].sum() == (A_SHIFTED > 0).sum()
+
+
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="mode"):
         replace(CFG, mode="sam2")  # type: ignore[arg-type]
