@@ -650,8 +650,13 @@ def video_pack(tiny_video_export: Path, tmp_path_factory: pytest.TempPathFactory
     return out
 
 
-def test_c_api_stream_matches_python(build: Path, tiny_video_export: Path, video_pack: Path) -> None:
-    """medsam3rt_stream_push tracks like Stream.push: same object ids, prompts, masks and label maps."""
+POLICIES = {"meta": 0, "transformers": 1}  # medsam3rt_stream_policy
+
+
+@pytest.mark.parametrize(("policy", "max_objects"), [("transformers", 0), ("meta", 0), ("meta", 2)])
+def test_c_api_stream_matches_python(build: Path, tiny_video_export: Path, video_pack: Path, policy: str, max_objects: int) -> None:
+    """medsam3rt_stream_push tracks like Stream.push in both policies: same object ids, prompts, masks and
+    label maps (with a cap of 2 objects, mode "meta" evicts stale tracks for new ones)."""
     from test_streaming_parity import DETECTION_THRESHOLD, NEW_OBJECT_THRESHOLD
 
     import medsam3_rt
@@ -660,16 +665,25 @@ def test_c_api_stream_matches_python(build: Path, tiny_video_export: Path, video
     lib = native.lib
     opts = _StreamOptions()
     native._check(lib.medsam3rt_stream_options_init(ctypes.byref(opts)))
+    assert opts.policy == POLICIES["meta"], "the C API's default policy is the Python runtime's"
     opts.detection_threshold, opts.new_object_threshold = DETECTION_THRESHOLD, NEW_OBJECT_THRESHOLD
+    opts.policy, opts.max_objects = POLICIES[policy], max_objects
     stream = ctypes.c_void_p()
     native._check(lib.medsam3rt_stream_open(native.model, native.prompts, ctypes.byref(opts), ctypes.byref(stream)))
     options = medsam3_rt.StreamOptions(
-        policy="transformers", detection_threshold=DETECTION_THRESHOLD, new_object_threshold=NEW_OBJECT_THRESHOLD
+        policy=policy,
+        detection_threshold=DETECTION_THRESHOLD,
+        new_object_threshold=NEW_OBJECT_THRESHOLD,
+        max_objects=max_objects or None,
     )
     frames = _stream_frames(10)
+    if max_objects:  # a noise frame: the tracks go empty while the detector fires, so stale tracks make room
+        frames[4] = (np.random.default_rng(0).random(frames[4].shape) * 255).astype(np.uint8)
     seen = 0
+    evicted: list[int] = []
     try:
         with medsam3_rt.load(tiny_video_export, "openvino") as seg, seg.stream(["liver", "polyp"], options=options) as py:
+            py.observer = lambda r: evicted.extend(r.decision.evicted.tolist())
             for t, img in enumerate(frames):
                 want = py.push(img)
                 h, w = img.shape[:2]
@@ -703,6 +717,8 @@ def test_c_api_stream_matches_python(build: Path, tiny_video_export: Path, video
                 assert (got_labels == want.label_map).mean() >= 0.99, f"frame {t}"
                 seen += len(shown)
         assert seen > 0, "the frames must produce tracked objects, or the comparison is empty"
+        if max_objects:
+            assert evicted, "the cap never evicted a track: the comparison does not cover eviction"
         state = ctypes.c_int64()
         native._check(lib.medsam3rt_stream_state_bytes(stream, ctypes.byref(state)))
         assert state.value > 0
@@ -734,6 +750,7 @@ def test_stream_video_example_matches_python(build: Path, tiny_video_export: Pat
     for t, img in enumerate(frames):
         cv2.imwrite(str(frames_dir / f"f{t:03d}.ppm"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     proc = _run([build / "stream_video", tiny_video_export, video_pack, frames_dir, labels_dir,
+                 "--policy", "transformers",
                  "--detection-threshold", str(DETECTION_THRESHOLD), "--new-object-threshold", str(NEW_OBJECT_THRESHOLD)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{len(frames)} frames" in proc.stdout
