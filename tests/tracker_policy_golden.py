@@ -71,6 +71,9 @@ SCENARIOS = (
         },
         ("blank", "blob1", "blob1", "blob2", "noise", "blank", "blob1", "noise", "blob2", "blob2", "blank", "blob1"),
     ),
+    # a track unmatched on its first tracked frame is removed at once: Meta's last-occluded value
+    # for it is ALWAYS_OCCLUDED (it yields to any overlap)
+    Scenario("meta_first_frame", {"policy": "meta"}, {"hotstart_delay": 4, "hotstart_unmatch_thresh": 1}),
 )
 
 

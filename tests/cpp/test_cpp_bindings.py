@@ -771,7 +771,7 @@ def test_stream_video_example_matches_python(build: Path, tiny_video_export: Pat
 # -- the merge policy on the golden frames ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("scenario", ["parity", "limits", "meta"])
+@pytest.mark.parametrize("scenario", ["parity", "limits", "meta", "meta_first_frame"])
 def test_cpp_policy_matches_golden_files(build: Path, scenario: str) -> None:
     """policy.cpp decides what the Python policy decided on the recorded frames (tests/golden/tracker_policy):
     the same associations, new objects and ids, re-anchorings, counters, removals, and masks to the bit."""

@@ -280,6 +280,8 @@ def test_golden_files_cover_every_rule() -> None:
             if s.options.get("policy") == "meta":
                 seen["hot-start removal"] = seen.get("hot-start removal", 0) + bool(e["hotstart_removed"])
                 seen["evicted at the cap"] = seen.get("evicted at the cap", 0) + bool(e["evicted"])
+                always = policy.ALWAYS_OCCLUDED in e["last_occluded"]
+                seen["removed on its first tracked frame"] = seen.get("removed on its first tracked frame", 0) + always
     missing = [k for k, v in seen.items() if v == 0]
     assert not missing, f"the golden streams never exercise {missing}: {seen}"
 
