@@ -1,5 +1,5 @@
 // The streaming merge policy as pure functions over arrays: a port of
-// medsam3_rt/tracker/policy.py (same rules, arithmetic and order). No model, backend or I/O:
+// medsam3_rt/tracker/policy.py and hotstart.py (same rules, arithmetic and order; both modes). No model, backend or I/O:
 // Stream (stream.cpp) runs the graphs and applies the decisions to the memory banks, and
 // tests/cpp/test_cpp_bindings.py feeds the recorded frames of tests/golden/tracker_policy/ to
 // these functions through the internal tool and checks the Python policy's decisions.
