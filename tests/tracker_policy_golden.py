@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medsam3_rt.tracker import policy
+from medsam3_rt.tracker import hotstart, policy
 from medsam3_rt.tracker.streaming import MergeRecord
 
 GOLDEN = Path(__file__).parent / "golden" / "tracker_policy"
@@ -42,6 +42,7 @@ class Scenario:
     name: str
     options: dict[str, Any]  # StreamOptions fields
     config: dict[str, Any]  # PolicyConfig fields changed after the stream opens (exercise more rules)
+    kinds: tuple[str, ...] = tuple(KINDS)  # the frames streamed
 
 
 SCENARIOS = (
@@ -54,6 +55,25 @@ SCENARIOS = (
         {"policy": "transformers", "max_objects": 3, "forget_after": 2},
         {"recondition_every_nth_frame": 2, "recondition_on_trk_masks": False, "high_conf_thresh": 0.1, "high_iou_thresh": 0.3},
     ),
+    # Meta's track management: a short hot start so that young unmatched / duplicate tracks are
+    # removed within the recording, a small cap so that stale tracks are evicted for new ones,
+    # and hot-start keep-alive counters that start low with suppression outside the hot start on,
+    # so that unconfirmed objects are hidden
+    Scenario(
+        "meta",
+        {"policy": "meta", "max_objects": 3},
+        {
+            "hotstart_delay": 4,
+            "hotstart_unmatch_thresh": 2,
+            "hotstart_dup_thresh": 2,
+            "init_trk_keep_alive": 0,
+            "suppress_unmatched_only_within_hotstart": False,
+        },
+        ("blank", "blob1", "blob1", "blob2", "noise", "blank", "blob1", "noise", "blob2", "blob2", "blank", "blob1"),
+    ),
+    # a track unmatched on its first tracked frame is removed at once: Meta's last-occluded value
+    # for it is ALWAYS_OCCLUDED (it yields to any overlap)
+    Scenario("meta_first_frame", {"policy": "meta"}, {"hotstart_delay": 4, "hotstart_unmatch_thresh": 1}),
 )
 
 
@@ -73,11 +93,50 @@ def ints(a: np.ndarray) -> list[int]:
     return [int(v) for v in a]
 
 
+def hotstart_json(s: hotstart.HotstartState) -> dict[str, Any]:
+    """The hot-start state as JSON, every table sorted by object id (C++ writes the same)."""
+    return {
+        "first_frame": [[int(o), int(f)] for o, f in sorted(s.first_frame.items())],
+        "unmatched_frames": [[int(o), ints(f)] for o, f in sorted(s.unmatched_frames.items())],
+        "keep_alive": [[int(o), int(k)] for o, k in sorted(s.keep_alive.items())],
+        "overlap_frames": [[int(a), int(b), ints(f)] for (a, b), f in sorted(s.overlap_frames.items())],
+        "removed": sorted(int(o) for o in s.removed),
+    }
+
+
+def hotstart_from_json(j: dict[str, Any]) -> hotstart.HotstartState:
+    return hotstart.HotstartState(
+        first_frame={o: f for o, f in j["first_frame"]},
+        unmatched_frames={o: list(f) for o, f in j["unmatched_frames"]},
+        keep_alive={o: k for o, k in j["keep_alive"]},
+        overlap_frames={(a, b): list(f) for a, b, f in j["overlap_frames"]},
+        removed=set(j["removed"]),
+    )
+
+
 def decide(cfg: policy.PolicyConfig, frame: dict[str, Any]) -> dict[str, Any]:
-    """The Python policy's decisions on one recorded frame, in the golden file's JSON form."""
-    d = policy.merge(frame["det"], frame["tracks"], frame["trk_masks"], frame["trk_scores"], frame["t"], frame["next_id"], cfg)
+    """The Python policy's decisions on one recorded frame, in the golden file's JSON form.
+
+    Mode "meta" adds the hot-start decisions and the hot-start state after the frame, pruned to
+    the objects still tracked (as `Stream` does before the next frame).
+    """
+    meta = cfg.mode == "meta"
+    state = hotstart_from_json(frame["hotstart"]) if meta else None
+    d = policy.merge(frame["det"], frame["tracks"], frame["trk_masks"], frame["trk_scores"], frame["t"], frame["next_id"], cfg, state)
     a = d.association
     counts, removed = policy.forget(frame["forget_ids"], frame["forget_counts"], frame["shown_ids"], cfg.forget_after)
+    extra: dict[str, Any] = {}
+    if meta:
+        assert d.hotstart is not None
+        gone = {*ints(d.removed), *ints(d.evicted)}
+        alive = [o for o in (*ints(frame["tracks"].obj_ids), *ints(d.new_obj_ids)) if o not in gone]
+        after = hotstart.prune(d.hotstart, alive, frame["t"], cfg.hotstart)
+        extra = {
+            "hotstart_removed": ints(d.removed),
+            "evicted": ints(d.evicted),
+            "hidden": ints(d.hidden),
+            "hotstart_after": hotstart_json(after),
+        }
     return {
         "new": ints(a.new),
         "unmatched": ints(a.unmatched),
@@ -94,6 +153,7 @@ def decide(cfg: policy.PolicyConfig, frame: dict[str, Any]) -> dict[str, Any]:
         "memory_sha256": sha(d.memory_masks),
         "empty_frames": ints(counts),
         "removed": [bool(v) for v in removed],
+        **extra,
     }
 
 
@@ -103,6 +163,9 @@ DISCRETE = ("new", "unmatched", "matched", "high_conf", "new_dets", "new_obj_ids
 def live_decisions(r: MergeRecord) -> dict[str, Any]:
     """The discrete decisions a live stream made (to compare with the golden file's)."""
     d, a = r.decision, r.decision.association
+    extra: dict[str, Any] = {}
+    if d.hotstart is not None:  # mode "meta"
+        extra = {"hotstart_removed": ints(d.removed), "evicted": ints(d.evicted), "hidden": ints(d.hidden)}
     return {
         "new": ints(a.new),
         "unmatched": ints(a.unmatched),
@@ -116,6 +179,7 @@ def live_decisions(r: MergeRecord) -> dict[str, Any]:
         "rerun": ints(d.rerun),
         "empty_frames": ints(r.empty_frames),
         "removed": [bool(v) for v in r.removed],
+        **extra,
     }
 
 
@@ -135,7 +199,7 @@ def record(export_dir: Path, scenario: Scenario) -> tuple[policy.PolicyConfig, l
     with medsam3_rt.load(export_dir, "ort-cpu") as seg, seg.stream(PROMPTS, options=options) as stream:
         stream.policy = replace(stream.policy, **scenario.config)
         stream.observer = records.append
-        for kind in KINDS:
+        for kind in scenario.kinds:
             if kind == "blank":
                 frame = np.full((h, w, 3), 30, np.uint8)
             elif kind == "noise":
@@ -160,6 +224,9 @@ def write(scenario: Scenario, cfg: policy.PolicyConfig, records: list[MergeRecor
         offset += q.size
         return ref
 
+    meta = cfg.mode == "meta"
+    fields = ("obj_ids", "prompt_ids", "last_occluded", "keep_alive", *(("first_frame",) if meta else ()))
+    state = hotstart_json(hotstart.HotstartState())  # the hot-start state before each frame (mode "meta")
     frames = []
     for r in records:
         entry = {
@@ -170,7 +237,7 @@ def write(scenario: Scenario, cfg: policy.PolicyConfig, records: list[MergeRecor
                 "scores": [float(v) for v in r.detections.scores],
                 "prompt_ids": ints(r.detections.prompt_ids),
             },
-            "tracks": {f: ints(getattr(r.tracks, f)) for f in ("obj_ids", "prompt_ids", "last_occluded", "keep_alive")},
+            "tracks": {f: ints(getattr(r.tracks, f)) for f in fields},
             "trk_masks": put(r.trk_masks),
             "trk_scores": [float(v) for v in r.trk_score_logits.astype(np.float32)],
             "forget_ids": ints(r.forget_ids),
@@ -178,6 +245,10 @@ def write(scenario: Scenario, cfg: policy.PolicyConfig, records: list[MergeRecor
             "shown_ids": ints(r.shown_ids),
             "live": live_decisions(r),
         }
+        if meta:
+            entry["hotstart"] = state
+            if r.decision.hotstart is not None:  # the stream pruned it in place after the frame
+                state = hotstart_json(r.decision.hotstart)
         frames.append(entry)
     doc = {"scenario": scenario.name, "mask_format": "int16 little-endian, logit = value / 1024", "config": cfg.to_json(), "frames": frames}
     blob = b"".join(blobs)
@@ -205,7 +276,10 @@ def load(
             get(f["det"]["masks"]), np.array(f["det"]["scores"], np.float32), np.array(f["det"]["prompt_ids"], np.int64)
         )
         tr = f["tracks"]
-        tracks = policy.TrackTable(*(np.array(tr[k], np.int64) for k in ("obj_ids", "prompt_ids", "last_occluded", "keep_alive")))
+        tracks = policy.TrackTable(
+            *(np.array(tr[k], np.int64) for k in ("obj_ids", "prompt_ids", "last_occluded", "keep_alive")),
+            first_frame=np.array(tr["first_frame"], np.int64) if "first_frame" in tr else None,
+        )
         frames.append(
             {
                 **f,

@@ -1,7 +1,7 @@
 // stream_video: track the prompts of a pack through a video, frame by frame (C++ wrapper).
 //
 //   stream_video MODEL PACK INPUT [OUTPUT_DIR] [-p PROMPT]... [--mode track|detect|auto]
-//                [--detection-threshold X] [--new-object-threshold X] [--max-frames N]
+//                [--policy meta|transformers] [--detection-threshold X] [--new-object-threshold X] [--max-frames N]
 //
 // INPUT is a video file (when built with FFmpeg's libav*) or a folder of 8/16-bit PGM/PPM
 // frames, read in name order. Prints every frame's objects (stable ids) and, with OUTPUT_DIR,
@@ -199,6 +199,10 @@ int main(int argc, char** argv) {
             const std::string m = argv[++i];
             options.mode = m == "detect" ? MEDSAM3RT_STREAM_DETECT : m == "auto" ? MEDSAM3RT_STREAM_AUTO : MEDSAM3RT_STREAM_TRACK;
             if (m != "detect" && m != "auto" && m != "track") fail("--mode must be track, detect or auto, got '" + m + "'", 2);
+        } else if (a == "--policy" && has_value) {
+            const std::string p = argv[++i];
+            if (p != "meta" && p != "transformers") fail("--policy must be meta or transformers, got '" + p + "'", 2);
+            options.policy = p == "meta" ? MEDSAM3RT_POLICY_META : MEDSAM3RT_POLICY_TRANSFORMERS;
         } else if (a == "--max-frames" && has_value) {
             max_frames = std::stol(argv[++i]);
         } else {
@@ -207,7 +211,7 @@ int main(int argc, char** argv) {
     }
     if (positional.size() < 3 || positional.size() > 4) {
         std::cerr << "usage: stream_video MODEL PACK INPUT [OUTPUT_DIR] [-p PROMPT]... [--mode track|detect|auto] "
-                     "[--detection-threshold X] [--new-object-threshold X] [--max-frames N]\n";
+                     "[--policy meta|transformers] [--detection-threshold X] [--new-object-threshold X] [--max-frames N]\n";
         return 2;
     }
     try {

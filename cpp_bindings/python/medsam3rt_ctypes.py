@@ -72,6 +72,7 @@ class StreamOptions(ctypes.Structure):
         ("use_window", ctypes.c_int32),
         ("window_low", ctypes.c_double),
         ("window_high", ctypes.c_double),
+        ("policy", ctypes.c_int32),
     ]
 
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -430,15 +431,21 @@ medsam3rt_status medsam3rt_stream_open(medsam3rt_model* model, const medsam3rt_p
         medsam3rt_stream_options opts;
         medsam3rt_stream_options_init(&opts);
         if (options != nullptr) {
-            need_struct_size(options, sizeof(medsam3rt_stream_options), "medsam3rt_stream_options", "medsam3rt_stream_options_init");
-            std::memcpy(&opts, options, sizeof(opts));
+            // the first version ended before `policy`: older callers get the default policy
+            need_struct_size(options, offsetof(medsam3rt_stream_options, policy), "medsam3rt_stream_options", "medsam3rt_stream_options_init");
+            std::memcpy(&opts, options, std::min<size_t>(options->struct_size, sizeof(opts)));
+            opts.struct_size = sizeof(opts);
         }
         check_prompts(*model, prompts->set);
         if (opts.mode < MEDSAM3RT_STREAM_TRACK || opts.mode > MEDSAM3RT_STREAM_AUTO) {
             throw UsageError("options.mode is " + std::to_string(opts.mode) +
                              "; use MEDSAM3RT_STREAM_TRACK, MEDSAM3RT_STREAM_DETECT or MEDSAM3RT_STREAM_AUTO");
         }
+        if (opts.policy != MEDSAM3RT_POLICY_META && opts.policy != MEDSAM3RT_POLICY_TRANSFORMERS) {
+            throw UsageError("options.policy is " + std::to_string(opts.policy) + "; use MEDSAM3RT_POLICY_META or MEDSAM3RT_POLICY_TRANSFORMERS");
+        }
         StreamOptions so;
+        so.policy = opts.policy == MEDSAM3RT_POLICY_META ? PolicyMode::meta : PolicyMode::transformers;
         so.mode = opts.mode == MEDSAM3RT_STREAM_TRACK ? StreamMode::track : opts.mode == MEDSAM3RT_STREAM_DETECT ? StreamMode::detect : StreamMode::auto_select;
         so.nms = opts.nms != 0;
         so.fill_holes = opts.fill_holes != 0;

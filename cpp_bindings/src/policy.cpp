@@ -1,8 +1,11 @@
 #include "policy.h"
 
 #include <algorithm>
+#include <iterator>
 #include <numeric>
 #include <set>
+#include <stdexcept>
+#include <string>
 
 namespace m3rt {
 namespace {
@@ -22,8 +25,14 @@ bool any_positive(const float* v, int64_t n) {
 
 }  // namespace
 
-PolicyConfig policy_config(const TrackerSettings& s, int64_t max_objects, int64_t forget_after, bool nms) {
+PolicyConfig policy_config(const TrackerSettings& s, int64_t max_objects, int64_t forget_after, bool nms, PolicyMode mode) {
     PolicyConfig c;
+    c.mode = mode;
+    c.hotstart_delay = s.hotstart_delay;
+    c.hotstart_unmatch_thresh = s.hotstart_unmatch_thresh;
+    c.hotstart_dup_thresh = s.hotstart_dup_thresh;
+    c.suppress_unmatched_only_within_hotstart = s.suppress_unmatched_only_within_hotstart;
+    c.decrease_trk_keep_alive_for_empty_masklets = s.decrease_trk_keep_alive_for_empty_masklets;
     c.score_threshold_detection = s.score_threshold_detection;
     c.det_nms_thresh = s.det_nms_thresh;
     c.assoc_iou_thresh = s.assoc_iou_thresh;
@@ -73,6 +82,9 @@ Association associate(const Detections& det, const Planes& trk_masks, const Trac
         trk_bin.push_back(positive(trk_masks.at(j), px));
         nonempty.push_back(std::find(trk_bin.back().begin(), trk_bin.back().end(), 1) != trk_bin.back().end());
     }
+    for (int64_t j = 0; j < n_trk; ++j) {
+        if (!nonempty[j]) a.empty.push_back(tracks.obj_ids[j]);
+    }
     if (n_det == 0) {
         for (int64_t j = 0; j < n_trk; ++j) {
             if (nonempty[j]) a.unmatched.push_back(tracks.obj_ids[j]);
@@ -106,6 +118,11 @@ Association associate(const Detections& det, const Planes& trk_masks, const Trac
             any_assoc = any_assoc || row[j] >= assoc;
             if (row[j] > row[best]) best = j;  // np.argmax / max: the first maximum
         }
+        std::vector<int64_t> hits;
+        for (int64_t j = 0; j < n_trk; ++j) {
+            if (row[j] >= assoc) hits.push_back(tracks.obj_ids[j]);
+        }
+        a.det_to_matched.push_back(std::move(hits));
         const bool is_new = det.scores[d] >= new_det && !any_assoc;
         if (is_new) a.new_dets.push_back(d);
         if (det.scores[d] >= high_conf && !is_new && row[best] >= high_iou) a.high_conf[tracks.obj_ids[best]] = d;
@@ -212,18 +229,141 @@ std::vector<int64_t> rerun_rows(const TrackTable& tracks, const Recond& recond, 
     return rows;
 }
 
+HotstartStep hotstart_step(const HotstartState& state, int64_t t, const std::vector<std::vector<int64_t>>& det_to_matched,
+                           const std::vector<int64_t>& new_obj_ids, const std::vector<int64_t>& empty_obj_ids,
+                           const std::vector<int64_t>& unmatched_obj_ids, const PolicyConfig& cfg) {
+    HotstartStep step;
+    step.state = state;
+    HotstartState& s = step.state;
+    std::set<int64_t>& newly = step.removed;
+    const int64_t diff = t - cfg.hotstart_delay;
+    for (int64_t o : new_obj_ids) {
+        s.first_frame.emplace(o, t);
+        if (s.keep_alive.count(o)) throw std::logic_error("object " + std::to_string(o) + " is created twice");
+        s.keep_alive[o] = cfg.init_trk_keep_alive;
+    }
+    std::set<int64_t> matched;
+    for (const auto& objs : det_to_matched) matched.insert(objs.begin(), objs.end());
+    for (int64_t o : matched) s.keep_alive[o] = std::min(cfg.max_trk_keep_alive, s.keep_alive.at(o) + 1);
+    for (int64_t o : unmatched_obj_ids) {
+        s.unmatched_frames[o].push_back(t);
+        s.keep_alive[o] = std::max(cfg.min_trk_keep_alive, s.keep_alive.at(o) - 1);
+    }
+    if (cfg.decrease_trk_keep_alive_for_empty_masklets) {
+        for (int64_t o : empty_obj_ids) s.keep_alive[o] = std::max(cfg.min_trk_keep_alive, s.keep_alive.at(o) - 1);
+    }
+    for (const auto& [o, frames] : s.unmatched_frames) {
+        if (s.removed.count(o) || newly.count(o)) continue;
+        if (static_cast<int64_t>(frames.size()) >= cfg.hotstart_unmatch_thresh && s.first_frame.at(o) > diff) {
+            newly.insert(o);
+        } else if (s.keep_alive.at(o) <= 0 && !cfg.suppress_unmatched_only_within_hotstart) {
+            step.suppressed.insert(o);
+        }
+    }
+    for (const auto& objs : det_to_matched) {
+        if (objs.size() < 2) continue;
+        int64_t first = objs[0];  // the oldest; ties: the first listed, as Meta's min()
+        for (int64_t o : objs) {
+            if (s.first_frame.at(o) < s.first_frame.at(first)) first = o;
+        }
+        for (int64_t o : objs) {
+            if (o != first) s.overlap_frames[{first, o}].push_back(t);
+        }
+    }
+    for (const auto& [pair, frames] : s.overlap_frames) {
+        const int64_t o = pair.second;
+        if (s.removed.count(o) || newly.count(o)) continue;
+        if (s.first_frame.at(o) > diff && static_cast<int64_t>(frames.size()) >= cfg.hotstart_dup_thresh) newly.insert(o);
+    }
+    s.removed.insert(newly.begin(), newly.end());
+    return step;
+}
+
+void prune(HotstartState& state, const std::vector<int64_t>& alive, int64_t t, const PolicyConfig& cfg) {
+    const std::set<int64_t> live(alive.begin(), alive.end());
+    const int64_t horizon = t - cfg.hotstart_delay;
+    for (auto it = state.first_frame.begin(); it != state.first_frame.end();) it = live.count(it->first) ? std::next(it) : state.first_frame.erase(it);
+    for (auto it = state.keep_alive.begin(); it != state.keep_alive.end();) it = live.count(it->first) ? std::next(it) : state.keep_alive.erase(it);
+    for (auto it = state.unmatched_frames.begin(); it != state.unmatched_frames.end();) {
+        if (!live.count(it->first)) {
+            it = state.unmatched_frames.erase(it);
+            continue;
+        }
+        std::vector<int64_t>& f = it->second;
+        if (state.first_frame.at(it->first) <= horizon && f.size() > 1) f.erase(f.begin(), f.end() - 1);  // only the last one
+        ++it;
+    }
+    for (auto it = state.overlap_frames.begin(); it != state.overlap_frames.end();) {
+        const auto [a, b] = it->first;
+        const bool keep = live.count(a) && live.count(b) && state.first_frame.at(b) > horizon;
+        it = keep ? std::next(it) : state.overlap_frames.erase(it);
+    }
+    state.removed.clear();
+}
+
+std::vector<int64_t> stale_tracks(const TrackTable& tracks, const Association& a, const std::vector<int64_t>& keep_alive, int64_t count) {
+    std::vector<int64_t> out;
+    if (count <= 0 || tracks.size() == 0) return out;
+    auto has = [](const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+    std::vector<size_t> rows;
+    for (size_t i = 0; i < tracks.size(); ++i) {
+        const int64_t id = tracks.obj_ids[i];
+        if ((has(a.empty, id) || keep_alive[i] <= 0) && !has(a.matched, id)) rows.push_back(i);
+    }
+    // np.lexsort((ids, keep_alive, ~empty)): empty first, then lowest keep-alive, then lowest id
+    std::stable_sort(rows.begin(), rows.end(), [&](size_t x, size_t y) {
+        const bool ex = has(a.empty, tracks.obj_ids[x]), ey = has(a.empty, tracks.obj_ids[y]);
+        if (ex != ey) return ex;
+        if (keep_alive[x] != keep_alive[y]) return keep_alive[x] < keep_alive[y];
+        return tracks.obj_ids[x] < tracks.obj_ids[y];
+    });
+    for (size_t k = 0; k < rows.size() && static_cast<int64_t>(k) < count; ++k) out.push_back(tracks.obj_ids[rows[k]]);
+    return out;
+}
+
 MergeDecision merge(const Detections& det, const TrackTable& tracks, const Planes& trk_masks, const std::vector<float>& trk_score_logits,
-                    int64_t t, int64_t next_id, const PolicyConfig& cfg) {
+                    int64_t t, int64_t next_id, const PolicyConfig& cfg, const HotstartState* hotstart) {
     MergeDecision d;
+    const bool meta = cfg.mode == PolicyMode::meta;
     d.association = associate(det, trk_masks, tracks, cfg);
-    d.new_dets = cap_new_objects(d.association.new_dets, det.scores, static_cast<int64_t>(tracks.size()), cfg.max_objects);
-    for (size_t k = 0; k < d.new_dets.size(); ++k) d.new_obj_ids.push_back(next_id + int64_t(k));
     d.keep_alive = update_keep_alive(tracks, d.association, cfg);
+    const int64_t n_trk = static_cast<int64_t>(tracks.size());
+    if (meta) {
+        // a new object never displaces more than the cap
+        const std::vector<int64_t> wanted = cap_new_objects(d.association.new_dets, det.scores, 0, cfg.max_objects);
+        const int64_t overflow = n_trk + static_cast<int64_t>(wanted.size()) - cfg.max_objects;
+        std::vector<int64_t> evicted = stale_tracks(tracks, d.association, d.keep_alive, overflow);
+        d.new_dets = cap_new_objects(wanted, det.scores, n_trk - static_cast<int64_t>(evicted.size()), cfg.max_objects);
+        for (size_t k = 0; k < d.new_dets.size(); ++k) d.new_obj_ids.push_back(next_id + int64_t(k));
+        HotstartStep step = hotstart_step(hotstart ? *hotstart : HotstartState{}, t, d.association.det_to_matched, d.new_obj_ids,
+                                          d.association.empty, d.association.unmatched, cfg);
+        d.removed.assign(step.removed.begin(), step.removed.end());
+        std::sort(evicted.begin(), evicted.end());  // np.setdiff1d: sorted, unique
+        evicted.erase(std::unique(evicted.begin(), evicted.end()), evicted.end());
+        for (int64_t o : evicted) {
+            if (!step.removed.count(o)) d.evicted.push_back(o);
+        }
+        for (int64_t o : step.suppressed) {
+            if (!step.removed.count(o)) d.hidden.push_back(o);
+        }
+        d.has_hotstart = true;
+        d.hotstart = std::move(step.state);
+    } else {
+        d.new_dets = cap_new_objects(d.association.new_dets, det.scores, n_trk, cfg.max_objects);
+        for (size_t k = 0; k < d.new_dets.size(); ++k) d.new_obj_ids.push_back(next_id + int64_t(k));
+    }
     d.recond = reconditioning(d.association, tracks, trk_score_logits, t, cfg);
-    d.shown = suppress_recently_occluded(trk_masks, tracks.prompt_ids, tracks.last_occluded, t,
-                                         cfg.suppress_overlapping_based_on_recent_occlusion_threshold, d.last_occluded);
+    std::vector<int64_t> last_before = tracks.last_occluded;
+    if (meta && !d.removed.empty() && tracks.first_frame.size() == tracks.size()) {
+        for (size_t i = 0; i < tracks.size(); ++i) {  // Meta keeps no last-occluded entry for these yet
+            const bool first_tracked = tracks.first_frame[i] == t - 1;
+            if (first_tracked && std::binary_search(d.removed.begin(), d.removed.end(), tracks.obj_ids[i])) last_before[i] = ALWAYS_OCCLUDED;
+        }
+    }
+    d.shown = suppress_recently_occluded(trk_masks, tracks.prompt_ids, last_before, t, cfg.suppress_overlapping_based_on_recent_occlusion_threshold,
+                                         d.last_occluded);
     memory_inputs(d.shown, tracks, d.recond, det, cfg, d.memory_masks, d.memory_scores);
-    d.rerun = rerun_rows(tracks, d.recond, d.new_dets.size());
+    if (!meta) d.rerun = rerun_rows(tracks, d.recond, d.new_dets.size());
     return d;
 }
 

@@ -97,9 +97,9 @@ Stream::Stream(std::shared_ptr<const Manifest> manifest, std::shared_ptr<Backend
     m_ = d.mask_size();
     image_ = d.image_size;
     mem_size_ = 4 * d.mask_size();
-    max_objects_ = options_.max_objects ? options_.max_objects : s_.max_num_objects;
+    max_objects_ = options_.max_objects ? options_.max_objects : options_.policy == PolicyMode::meta ? DEFAULT_MAX_OBJECTS : s_.max_num_objects;
     max_cond_ = options_.max_cond_frames ? options_.max_cond_frames : s_.max_cond_frame_num;
-    policy_ = policy_config(s_, max_objects_, options_.forget_after, options_.nms);
+    policy_ = policy_config(s_, max_objects_, options_.forget_after, options_.nms, options_.policy);
     pixels_.resize(size_t(3 * image_ * image_));
     session_ = backend_->open_tracker(true);
 }
@@ -108,6 +108,7 @@ void Stream::reset() {
     tracks_.clear();
     next_id_ = 0;
     t_ = 0;
+    hotstart_ = HotstartState{};
 }
 
 int64_t Stream::state_nbytes() const {
@@ -173,7 +174,7 @@ FrameObjects Stream::push(const ImageView& image) {
     const Step step = propagate(tracks, t);
     clock.lap(TRACKER);
     // the merge is decided by the policy (policy.cpp); this applies it to the memory banks
-    const MergeDecision decision = merge(det, table, step.masks, step.score, t, next_id_, policy_);
+    const MergeDecision decision = merge(det, table, step.masks, step.score, t, next_id_, policy_, &hotstart_);
     for (size_t i = 0; i < tracks.size(); ++i) {
         tracks[i]->keep_alive = decision.keep_alive[i];
         tracks[i]->last_occluded = decision.last_occluded[i];
@@ -182,7 +183,12 @@ FrameObjects Stream::push(const ImageView& image) {
     if (!tracks.empty()) encode_track_memories(tracks, decision, t);
     const std::vector<ObjectTrack*> new_tracks = add_objects(tracks, step, decision, det, t);
     clock.lap(MERGE);
-    FrameObjects result = outputs(image.height, image.width, tracks, step, decision.shown, new_tracks, decision.new_dets, decision.recond, det, t);
+    // objects removed now and objects hidden on this frame are dropped before the non-overlap (as Meta)
+    std::vector<int64_t> hidden = decision.removed;
+    hidden.insert(hidden.end(), decision.hidden.begin(), decision.hidden.end());
+    FrameObjects result =
+        outputs(image.height, image.width, tracks, step, decision.shown, new_tracks, decision.new_dets, decision.recond, det, hidden, t);
+    remove_objects(decision, t);
     clock.lap(POSTPROCESS);
     finish_frame(result, t);
     ++t_;
@@ -310,7 +316,7 @@ std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& t
 
 FrameObjects Stream::outputs(int64_t h, int64_t w, const std::vector<ObjectTrack*>& tracks, const Step& step, const Planes& trk_masks,
                              const std::vector<ObjectTrack*>& new_tracks, const std::vector<int64_t>& new_dets, const Recond& recond,
-                             const Detections& det, int64_t t) {
+                             const Detections& det, const std::vector<int64_t>& hidden, int64_t t) {
     FrameObjects r;
     r.frame_index = t;
     r.height = h;
@@ -348,6 +354,7 @@ FrameObjects Stream::outputs(int64_t h, int64_t w, const std::vector<ObjectTrack
     const int64_t hw = h * w;
     std::vector<int64_t> keep;
     for (int64_t i = 0; i < total; ++i) {
+        if (std::find(hidden.begin(), hidden.end(), ids[i]) != hidden.end()) continue;
         if (any_positive(logits.at(i), hw)) keep.push_back(i);
     }
     const int64_t n = static_cast<int64_t>(keep.size());
@@ -396,6 +403,22 @@ FrameObjects Stream::outputs(int64_t h, int64_t w, const std::vector<ObjectTrack
     return r;
 }
 
+void Stream::remove_objects(const MergeDecision& decision, int64_t t) {
+    // Meta's execution phase: objects the hot-start rules removed and stale tracks given up at the
+    // cap leave after this frame's outputs; the hot-start state keeps tracked objects only
+    auto gone = [&](int64_t id) {
+        return std::find(decision.removed.begin(), decision.removed.end(), id) != decision.removed.end() ||
+               std::find(decision.evicted.begin(), decision.evicted.end(), id) != decision.evicted.end();
+    };
+    tracks_.erase(std::remove_if(tracks_.begin(), tracks_.end(), [&](const std::unique_ptr<ObjectTrack>& tr) { return gone(tr->obj_id); }),
+                  tracks_.end());
+    if (!decision.has_hotstart) return;
+    hotstart_ = decision.hotstart;
+    std::vector<int64_t> alive;
+    for (const auto& tr : tracks_) alive.push_back(tr->obj_id);
+    prune(hotstart_, alive, t, policy_);
+}
+
 void Stream::finish_frame(const FrameObjects& result, int64_t t) {
     std::vector<int64_t> ids, counts;
     for (const auto& tr : tracks_) {
@@ -423,6 +446,7 @@ TrackTable Stream::track_table(const std::vector<ObjectTrack*>& tracks) {
         table.prompt_ids.push_back(tr->prompt_id);
         table.last_occluded.push_back(tr->last_occluded);
         table.keep_alive.push_back(tr->keep_alive);
+        table.first_frame.push_back(tr->first_frame);
     }
     return table;
 }

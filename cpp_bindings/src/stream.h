@@ -29,7 +29,8 @@ struct StreamOptions {
     StreamMode mode = StreamMode::track;  // detect: tracker/per_frame.py FrameDetector; auto: track when the export can
     bool nms = true;
     bool fill_holes = true;
-    int64_t max_objects = 0;      // 0: the model's max_num_objects
+    PolicyMode policy = PolicyMode::meta;  // as the Python runtime's default
+    int64_t max_objects = 0;      // 0: 16 with policy meta, the model's max_num_objects with transformers
     int64_t max_cond_frames = 0;  // 0: the model's max_cond_frame_num
     int64_t forget_after = 0;     // 0: never
     double detection_threshold = -1.0;   // < 0: the model's score_threshold_detection
@@ -84,7 +85,8 @@ private:
                                           const Detections& det, int64_t t);
     FrameObjects outputs(int64_t h, int64_t w, const std::vector<ObjectTrack*>& tracks, const Step& step, const Planes& trk_masks,
                          const std::vector<ObjectTrack*>& new_tracks, const std::vector<int64_t>& new_dets, const Recond& recond,
-                         const Detections& det, int64_t t);
+                         const Detections& det, const std::vector<int64_t>& hidden, int64_t t);
+    void remove_objects(const MergeDecision& decision, int64_t t);
     void finish_frame(const FrameObjects& result, int64_t t);
     static TrackTable track_table(const std::vector<ObjectTrack*>& tracks);
 
@@ -103,6 +105,7 @@ private:
     std::vector<std::unique_ptr<ObjectTrack>> tracks_;  // by ascending id (insertion order)
     int64_t next_id_ = 0;
     int64_t t_ = 0;
+    HotstartState hotstart_;  // policy meta: the hot-start state of the tracked objects
     std::vector<float> pixels_;
 };
 

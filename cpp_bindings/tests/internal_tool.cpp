@@ -21,6 +21,7 @@
 //   tracker-settings FILE...                "OK <settings>" or "ERR <status> <message>" per manifest.json
 //   policy GOLDEN.json GOLDEN.masks         the merge policy's decisions on every recorded frame of a
 //                                           tests/golden/tracker_policy scenario, as JSON (one object per frame)
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -128,14 +129,46 @@ nlohmann::json pairs(const std::map<int64_t, int64_t>& m) {
     return out;
 }
 
+// HotstartState <-> the golden file's JSON (tracker_policy_golden.hotstart_json).
+HotstartState hotstart_from_json(const nlohmann::json& j) {
+    HotstartState s;
+    for (const auto& e : j["first_frame"]) s.first_frame[e[0].get<int64_t>()] = e[1].get<int64_t>();
+    for (const auto& e : j["unmatched_frames"]) s.unmatched_frames[e[0].get<int64_t>()] = int_list(e[1]);
+    for (const auto& e : j["keep_alive"]) s.keep_alive[e[0].get<int64_t>()] = e[1].get<int64_t>();
+    for (const auto& e : j["overlap_frames"]) s.overlap_frames[{e[0].get<int64_t>(), e[1].get<int64_t>()}] = int_list(e[2]);
+    for (const auto& e : j["removed"]) s.removed.insert(e.get<int64_t>());
+    return s;
+}
+
+nlohmann::json hotstart_json(const HotstartState& s) {
+    nlohmann::json j = {{"first_frame", nlohmann::json::array()}, {"unmatched_frames", nlohmann::json::array()},
+                        {"keep_alive", nlohmann::json::array()}, {"overlap_frames", nlohmann::json::array()},
+                        {"removed", nlohmann::json::array()}};
+    for (const auto& [o, f] : s.first_frame) j["first_frame"].push_back({o, f});
+    for (const auto& [o, f] : s.unmatched_frames) j["unmatched_frames"].push_back({o, f});
+    for (const auto& [o, k] : s.keep_alive) j["keep_alive"].push_back({o, k});
+    for (const auto& [pair, f] : s.overlap_frames) j["overlap_frames"].push_back({pair.first, pair.second, f});
+    for (int64_t o : s.removed) j["removed"].push_back(o);
+    return j;
+}
+
 int policy_golden(const std::string& json_path, const std::string& masks_path) {
     const nlohmann::json doc = nlohmann::json::parse(read_file(json_path));
     const std::string blob = read_file(masks_path);
     std::vector<int16_t> raw(blob.size() / 2);
     std::memcpy(raw.data(), blob.data(), raw.size() * 2);
     const nlohmann::json& c = doc["config"];
-    if (c["mode"] != "transformers") throw std::runtime_error("unknown policy mode " + c["mode"].dump());
+    if (c["mode"] != "transformers" && c["mode"] != "meta") throw std::runtime_error("unknown policy mode " + c["mode"].dump());
     PolicyConfig cfg;
+    const bool meta = c["mode"] == "meta";
+    cfg.mode = meta ? PolicyMode::meta : PolicyMode::transformers;
+    if (meta) {  // files of mode "transformers" may predate these fields
+        cfg.hotstart_delay = c["hotstart_delay"];
+        cfg.hotstart_unmatch_thresh = c["hotstart_unmatch_thresh"];
+        cfg.hotstart_dup_thresh = c["hotstart_dup_thresh"];
+        cfg.suppress_unmatched_only_within_hotstart = c["suppress_unmatched_only_within_hotstart"];
+        cfg.decrease_trk_keep_alive_for_empty_masklets = c["decrease_trk_keep_alive_for_empty_masklets"];
+    }
     cfg.score_threshold_detection = c["score_threshold_detection"];
     cfg.det_nms_thresh = c["det_nms_thresh"];
     cfg.assoc_iou_thresh = c["assoc_iou_thresh"];
@@ -163,8 +196,12 @@ int policy_golden(const std::string& json_path, const std::string& masks_path) {
         tracks.prompt_ids = int_list(f["tracks"]["prompt_ids"]);
         tracks.last_occluded = int_list(f["tracks"]["last_occluded"]);
         tracks.keep_alive = int_list(f["tracks"]["keep_alive"]);
-        const MergeDecision d =
-            merge(det, tracks, fixed_planes(f["trk_masks"], raw), float_list(f["trk_scores"]), f["t"].get<int64_t>(), f["next_id"].get<int64_t>(), cfg);
+        if (f["tracks"].contains("first_frame")) tracks.first_frame = int_list(f["tracks"]["first_frame"]);
+        const int64_t t = f["t"].get<int64_t>();
+        HotstartState before;
+        if (meta) before = hotstart_from_json(f["hotstart"]);
+        MergeDecision d = merge(det, tracks, fixed_planes(f["trk_masks"], raw), float_list(f["trk_scores"]), t, f["next_id"].get<int64_t>(), cfg,
+                                meta ? &before : nullptr);
         std::vector<int64_t> counts = int_list(f["forget_counts"]);
         const std::vector<uint8_t> removed = forget(int_list(f["forget_ids"]), counts, int_list(f["shown_ids"]), cfg.forget_after);
         const Association& a = d.association;
@@ -183,6 +220,21 @@ int policy_golden(const std::string& json_path, const std::string& masks_path) {
                             {"memory_sha256", sha256_hex(d.memory_masks.v.data(), d.memory_masks.v.size() * sizeof(float))},
                             {"empty_frames", counts},
                             {"removed", std::vector<bool>(removed.begin(), removed.end())}};
+        if (meta) {  // the hot-start state after this frame, pruned to the objects still tracked (Stream's order)
+            std::vector<int64_t> alive;
+            for (int64_t o : tracks.obj_ids) alive.push_back(o);
+            alive.insert(alive.end(), d.new_obj_ids.begin(), d.new_obj_ids.end());
+            alive.erase(std::remove_if(alive.begin(), alive.end(),
+                                       [&](int64_t o) {
+                                           return std::count(d.removed.begin(), d.removed.end(), o) || std::count(d.evicted.begin(), d.evicted.end(), o);
+                                       }),
+                        alive.end());
+            prune(d.hotstart, alive, t, cfg);
+            r["hotstart_removed"] = d.removed;
+            r["evicted"] = d.evicted;
+            r["hidden"] = d.hidden;
+            r["hotstart_after"] = hotstart_json(d.hotstart);
+        }
         out.push_back(r);
     }
     std::cout << out.dump() << "\n";

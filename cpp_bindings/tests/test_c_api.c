@@ -12,6 +12,7 @@
  * with the Python runtime's), then "N passed, M failed"; exits 1 if any case failed. */
 #include <medsam3rt/medsam3rt.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,7 +111,8 @@ static void model_free_cases(void) {
     expect("stream_options_init NULL", medsam3rt_stream_options_init(NULL), MEDSAM3RT_ERROR_USAGE, "options is NULL");
     expect("stream_options_init", medsam3rt_stream_options_init(&so), MEDSAM3RT_OK, "");
     expect_true("stream options defaults", so.struct_size == sizeof so && so.nms == 1 && so.fill_holes == 1 && so.max_objects == 0 &&
-                                               so.forget_after == 0 && so.detection_threshold < 0 && so.new_object_threshold < 0);
+                                               so.forget_after == 0 && so.detection_threshold < 0 && so.new_object_threshold < 0 &&
+                                               so.policy == MEDSAM3RT_POLICY_META);
     expect("stream_open NULL model", medsam3rt_stream_open(NULL, NULL, NULL, &stream), MEDSAM3RT_ERROR_USAGE, "model is NULL");
     expect_true("stream_open clears the output handle", stream == NULL);
     expect("stream_open NULL output", medsam3rt_stream_open(NULL, NULL, NULL, NULL), MEDSAM3RT_ERROR_USAGE, "stream (output) is NULL");
@@ -165,6 +167,17 @@ static void stream_cases(const char* image_model_dir, const char* image_pack, co
     so.max_objects = -2;
     expect("stream max_objects", medsam3rt_stream_open(video, prompts, &so, &stream), MEDSAM3RT_ERROR_USAGE,
            "max_objects must be >= 1 (or 0 for the default), got -2");
+    medsam3rt_stream_options_init(&so);
+    so.policy = 7;
+    expect("stream policy", medsam3rt_stream_open(video, prompts, &so, &stream), MEDSAM3RT_ERROR_USAGE,
+           "options.policy is 7; use MEDSAM3RT_POLICY_META or MEDSAM3RT_POLICY_TRANSFORMERS");
+    /* a caller built against the first version (no `policy` field) opens streams with the default policy */
+    medsam3rt_stream_options_init(&so);
+    so.struct_size = (uint32_t)offsetof(medsam3rt_stream_options, policy);
+    so.policy = 7; /* beyond the caller's struct: never read */
+    expect("stream first-version options", medsam3rt_stream_open(video, prompts, &so, &stream), MEDSAM3RT_OK, "");
+    medsam3rt_stream_release(stream);
+    stream = NULL;
     medsam3rt_stream_options_init(&so);
     so.forget_after = -1;
     expect("stream forget_after", medsam3rt_stream_open(video, prompts, &so, &stream), MEDSAM3RT_ERROR_USAGE, "forget_after must be >= 1");

@@ -7,6 +7,7 @@ the C++ policy in tests/cpp/test_cpp_bindings.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -308,13 +309,18 @@ def test_frame_objects_properties(frame) -> None:
 def test_golden_decisions(scenario: golden.Scenario) -> None:
     """The Python policy on the recorded inputs makes the recorded decisions (masks to the bit)."""
     cfg, frames_ = golden.load(scenario.name)
-    assert len(frames_) == len(golden.KINDS)
+    assert len(frames_) == len(scenario.kinds)
     for f in frames_:
         assert golden.decide(cfg, f) == f["expected"], f"frame {f['t']}"
+    if cfg.mode == "meta":  # each frame's hot-start state is the previous frame's, pruned
+        assert frames_[0]["hotstart"] == golden.hotstart_json(golden.hotstart.HotstartState())
+        for f, nxt in itertools.pairwise(frames_):
+            assert nxt["hotstart"] == f["expected"]["hotstart_after"], f"frame {nxt['t']}"
 
 
 def test_golden_files_cover_every_rule() -> None:
-    """The recordings exercise what they are meant to: new, matched, unmatched, cap, re-anchoring, removal."""
+    """The recordings exercise what they are meant to: new, matched, unmatched, cap, re-anchoring, removal,
+    and (mode "meta") hot-start removal and eviction of stale tracks at the cap."""
     seen: dict[str, int] = {}
     for s in golden.SCENARIOS:
         _, frames_ = golden.load(s.name)
@@ -327,6 +333,11 @@ def test_golden_files_cover_every_rule() -> None:
             seen["capped"] = seen.get("capped", 0) + (len(e["new"]) > len(e["new_dets"]))
             seen["several per prompt"] = seen.get("several per prompt", 0) + (len(prompts) > len(set(prompts.tolist())))
             seen["memory suppressed"] = seen.get("memory suppressed", 0) + (-10.0 in e["memory_scores"])
+            if s.options.get("policy") == "meta":
+                seen["hot-start removal"] = seen.get("hot-start removal", 0) + bool(e["hotstart_removed"])
+                seen["evicted at the cap"] = seen.get("evicted at the cap", 0) + bool(e["evicted"])
+                always = policy.ALWAYS_OCCLUDED in e["last_occluded"]
+                seen["removed on its first tracked frame"] = seen.get("removed on its first tracked frame", 0) + always
     missing = [k for k, v in seen.items() if v == 0]
     assert not missing, f"the golden streams never exercise {missing}: {seen}"
 

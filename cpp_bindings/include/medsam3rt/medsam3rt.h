@@ -188,20 +188,31 @@ MEDSAM3RT_API void medsam3rt_result_release(medsam3rt_result* result);
 
 /* -- streaming (video, live ultrasound / endoscopy, volume slices) ---------------------- */
 
-/* The Python runtime's StreamOptions (medsam3_rt.StreamOptions); the defaults reproduce
- * transformers' Sam3VideoModel in streaming mode (with NMS and hole filling). */
+/* The Python runtime's StreamOptions (medsam3_rt.StreamOptions); the defaults are its defaults:
+ * Meta's SAM3 track management (MEDSAM3RT_POLICY_META) with NMS and hole filling. */
 typedef enum medsam3rt_stream_mode {
     MEDSAM3RT_STREAM_TRACK = 0,  /* detector + tracker memory (needs an export with tracker graphs) */
     MEDSAM3RT_STREAM_DETECT = 1, /* every frame on its own: top-1 query per prompt, object id = prompt index */
     MEDSAM3RT_STREAM_AUTO = 2    /* TRACK when the export has tracker graphs, else DETECT */
 } medsam3rt_stream_mode;
 
+/* Track management rules (StreamOptions.policy). */
+typedef enum medsam3rt_stream_policy {
+    MEDSAM3RT_POLICY_META = 0,        /* Meta's SAM3 video rules: young tracks that stay unmatched or duplicate an older
+                                         one are removed (hot start) and hidden; adding objects does not re-encode the
+                                         others' memory; at the cap a stale track (empty, or keep-alive <= 0) makes room
+                                         for a confident new detection. Outputs are causal (no held-back frames). */
+    MEDSAM3RT_POLICY_TRANSFORMERS = 1 /* transformers' Sam3VideoModel in streaming mode: no removal, new detections
+                                         beyond the cap dropped */
+} medsam3rt_stream_policy;
+
 typedef struct medsam3rt_stream_options {
     uint32_t struct_size;        /* sizeof(medsam3rt_stream_options); set by medsam3rt_stream_options_init */
     int32_t mode;                /* a medsam3rt_stream_mode value; default MEDSAM3RT_STREAM_TRACK */
     int32_t nms;                 /* nonzero (default): mask NMS among each prompt's detections */
     int32_t fill_holes;          /* nonzero (default): fill small holes, remove small sprinkles */
-    int32_t max_objects;         /* cap on tracked objects; 0 (default) = the model's max_num_objects */
+    int32_t max_objects;         /* cap on tracked objects; 0 (default) = 16 with MEDSAM3RT_POLICY_META,
+                                    the model's max_num_objects with MEDSAM3RT_POLICY_TRANSFORMERS */
     int32_t max_cond_frames;     /* conditioning frames kept per object; 0 = the model's max_cond_frame_num */
     int32_t forget_after;        /* drop an object after this many consecutive empty frames; 0 = never */
     double detection_threshold;  /* 0..1: a detection counts above it (DETECT: a prompt's mask is kept from it on);
@@ -210,6 +221,8 @@ typedef struct medsam3rt_stream_options {
     int32_t use_window;          /* nonzero: map [window_low, window_high] to 0..255, as in segment */
     double window_low;
     double window_high;
+    /* -- added after the first version: callers whose struct_size ends before a field get its default -- */
+    int32_t policy;              /* a medsam3rt_stream_policy value; default MEDSAM3RT_POLICY_META */
 } medsam3rt_stream_options;
 
 MEDSAM3RT_API medsam3rt_status medsam3rt_stream_options_init(medsam3rt_stream_options* options);

@@ -217,7 +217,8 @@ struct StreamOptions {
     medsam3rt_stream_mode mode = MEDSAM3RT_STREAM_TRACK;
     bool nms = true;
     bool fill_holes = true;
-    int32_t max_objects = 0;
+    medsam3rt_stream_policy policy = MEDSAM3RT_POLICY_META;
+    int32_t max_objects = 0;  // 0 = 16 with MEDSAM3RT_POLICY_META, the model's with MEDSAM3RT_POLICY_TRANSFORMERS
     int32_t max_cond_frames = 0;
     int32_t forget_after = 0;  // 0 = never
     double detection_threshold = -1.0;
@@ -329,6 +330,7 @@ public:
         o.mode = options.mode;
         o.nms = options.nms ? 1 : 0;
         o.fill_holes = options.fill_holes ? 1 : 0;
+        o.policy = options.policy;
         o.max_objects = options.max_objects;
         o.max_cond_frames = options.max_cond_frames;
         o.forget_after = options.forget_after;
