@@ -4,8 +4,9 @@ Meta's package hard-codes `device="cuda"` in a few tensor factories (position-en
 precompute, the decoder's coordinate cache) and calls `.cuda()` / `.pin_memory()`. The
 `cpu_only()` context redirects those from outside: factories asked for a CUDA device get the
 CPU, and `Tensor.cuda`, `Module.cuda`, `Tensor.pin_memory` return their argument unchanged.
-Meta's video path also casts the tracker's backbone features and memories to bfloat16 and
-relies on CUDA autocast to compute on them; under `cpu_only()` such a cast rounds to bfloat16
+Meta's video path also casts the tracker's backbone features (to all-gather them across GPUs)
+and its stored memories to bfloat16 and relies on CUDA autocast to compute on them; under
+`cpu_only()` the all-gather cast is skipped (one process) and a memory cast rounds to bfloat16
 and returns float32 (the values Meta stores, float32 arithmetic). Meta's CPU fallback for
 connected components fails on an empty batch (a frame without detections); it gets empty
 outputs, as Meta's CUDA kernels return.
@@ -25,6 +26,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,9 +89,16 @@ def cpu_only() -> Iterator[None]:
             kwargs["device"] = _cpu_device(kwargs["device"])
         kwargs.pop("non_blocking", None)
         out = original_to(self, *args, **kwargs)
-        # Meta's video path stores tracker features and memories as bfloat16 and computes on them
-        # under CUDA autocast; on the CPU the rounding is kept and the arithmetic stays float32
-        return original_to(out, torch.float32) if out.dtype == torch.bfloat16 and self.dtype != torch.bfloat16 else out
+        if out.dtype != torch.bfloat16 or self.dtype == torch.bfloat16:
+            return out
+        # Meta's video path casts to bfloat16 (i) the tracker's backbone features, only to all-gather
+        # them across GPUs, and (ii) the memories it stores; it computes on them under CUDA autocast.
+        # On the CPU: (i) stays float32 (one process gathers nothing), (ii) keeps bfloat16's rounding
+        # (the runtime stores memories as bfloat16 too) with float32 arithmetic.
+        callers = {sys._getframe(1).f_code.co_name, sys._getframe(2).f_code.co_name}  # 2: from a list comprehension
+        if "_build_multigpu_buffer_next_chunk" in callers:
+            return self
+        return original_to(out, torch.float32)
 
     patch(torch.Tensor, "to", tensor_to)
     try:  # Meta's CPU connected components stack an empty list on a frame without detections
