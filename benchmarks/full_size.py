@@ -92,14 +92,19 @@ print(json.dumps(out))
 """
 
 
-def _cli() -> str:
+def cli_path() -> str:
+    """The `medsam3-rt` console script of this interpreter's environment."""
     return str(Path(sys.executable).with_name("medsam3-rt"))
 
 
-def export(out: Path, attention: str) -> dict[str, float]:
-    cmd = [_cli(), "export", "full", "--random", "-o", str(out), "--force", "--quiet", "--attention", attention]
+def timed_export(cmd: list[str]) -> dict[str, float]:
+    """Run an export command in a child process: its wall time and peak RSS (also used by fused_attention.py)."""
     proc = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, *cmd], check=True, capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def export(out: Path, attention: str) -> dict[str, float]:
+    return timed_export([cli_path(), "export", "full", "--random", "-o", str(out), "--force", "--quiet", "--attention", attention])
 
 
 def run(model_dir: Path, lean: bool, frames: int) -> dict[str, object]:

@@ -22,17 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("unfused", "fused")
+try:
+    from benchmarks.full_size import cli_path, timed_export
+except ModuleNotFoundError:  # run as a script (python benchmarks/fused_attention.py)
+    from full_size import cli_path, timed_export  # type: ignore[no-redef]
 
-_EXPORT_CHILD = """
-import json, resource, subprocess, sys, time
-t0 = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-wall = time.perf_counter() - t0
-if proc.returncode:
-    sys.exit(proc.stderr[-2000:])
-print(json.dumps({"export_s": wall, "export_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
+MODES = ("unfused", "fused")
 
 _GRAPH_CHILD = """
 import json, sys, time
@@ -65,14 +60,8 @@ print(json.dumps({"load_s": load_s, "run_s": min(times), "runs_s": times, "rss_a
 """
 
 
-def _cli() -> str:
-    return str(Path(sys.executable).with_name("medsam3-rt"))
-
-
 def export(preset: str, out: Path, mode: str) -> dict[str, float]:
-    cmd = [_cli(), "export", preset, "--random", "-o", str(out), "--force", "--quiet", "--attention", mode]
-    proc = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, *cmd], check=True, capture_output=True, text=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return timed_export([cli_path(), "export", preset, "--random", "-o", str(out), "--force", "--quiet", "--attention", mode])
 
 
 def chained_inputs(export_dir: Path, work: Path) -> dict[str, Path]:
