@@ -168,7 +168,7 @@ class Stream:
     def output_delay(self) -> int:
         """Frames `run` holds each result back by default: the model's hotstart_delay with policy
         "meta" (as Meta's video predictor), 0 with "transformers"."""
-        return self.settings.hotstart_delay if self.policy.mode == "meta" else 0
+        return self.policy.hotstart_delay if self.policy.mode == "meta" else 0
 
     @property
     def next_object_id(self) -> int:
