@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import medsam3_rt
+from medsam3_rt.profiling import rss_bytes
 
 MICRO = {"image_size": 56, "fpn_hidden": 64, "vit_hidden": 32, "vit_mlp": 64, "detr_ffn": 64, "num_queries": 8, "tracker_mlp": 64}
 
@@ -56,11 +57,7 @@ def frame(t: int, side: int = 32) -> np.ndarray:
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    return rss_bytes() / 2**20
 
 
 def run(seg: medsam3_rt.Segmenter, policy: str, frames: int, window: int) -> dict:
