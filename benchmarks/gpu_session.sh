@@ -8,6 +8,9 @@
 #
 #   OUT=/tmp/out bash benchmarks/gpu_session.sh
 #
+# Time limits per step: TEST_TIMEOUT, COMPILE_TEST_TIMEOUT, FULL_TIMEOUT, SMALL_TIMEOUT, EXPORT_TIMEOUT, BENCH_TIMEOUT (seconds);
+# BENCH=0 skips the small export + `medsam3-rt bench` (the per-graph script has its own baseline).
+#
 # Missing Python packages can be put as wheels in .whl/ (see benchmarks/README.md): they are
 # installed with --no-deps into /tmp/site first.
 set -uo pipefail
@@ -40,8 +43,13 @@ EOF
 } 2>&1 | tee "$OUT/environment.txt"
 
 step "GPU tests (torch on CUDA; TensorRT / onnxruntime-gpu ones skip with their reason)"
-timeout "${TEST_TIMEOUT:-180}" $PY -m pytest -q -rs -p no:cacheprovider tests/gpu/test_gpu_real.py tests/export/test_torch_backend.py 2>&1 \
+# torch.compile tests last: each compile takes ~15-40 s, and a limit should cut them, not the rest.
+GPU_TESTS="tests/gpu/test_gpu_real.py tests/export/test_torch_backend.py"
+timeout "${TEST_TIMEOUT:-180}" $PY -m pytest -q -rs -p no:cacheprovider $GPU_TESTS -k "not True and not compiled" 2>&1 \
   | tee "$OUT/gpu-tests.log" | tail -25
+step "GPU tests with torch.compile"
+timeout "${COMPILE_TEST_TIMEOUT:-120}" $PY -m pytest -q -rs -p no:cacheprovider $GPU_TESTS -k "True or compiled" 2>&1 \
+  | tee "$OUT/gpu-tests-compile.log" | tail -25
 
 step "per-graph PyTorch benchmark: full-size geometry (848 M parameters, 1008 px)"
 timeout "${FULL_TIMEOUT:-150}" $PY benchmarks/gpu_torch_graphs.py --preset full --runs 10 \
@@ -51,6 +59,7 @@ step "per-graph PyTorch benchmark: small (eager fp32, bf16, bf16 + torch.compile
 timeout "${SMALL_TIMEOUT:-90}" $PY benchmarks/gpu_torch_graphs.py --preset small --compile --runs 20 \
   --output "$OUT/gpu-torch-graphs-small.json" > "$OUT/gpu-torch-graphs-small.log" 2>&1; tail -25 "$OUT/gpu-torch-graphs-small.log"
 
+if [ "${BENCH:-1}" = 0 ]; then step "done (BENCH=0: no export + bench)"; exit 0; fi
 step "medsam3-rt bench: small export, torch (bf16, CUDA) and ort-cpu vs transformers eager fp32 on the GPU"
 if timeout "${EXPORT_TIMEOUT:-240}" medsam3-rt export small --random --output /tmp/small-export > "$OUT/export-small.log" 2>&1; then
   timeout "${BENCH_TIMEOUT:-90}" medsam3-rt bench /tmp/small-export --backend torch --backend ort-cpu --baseline on \

@@ -87,7 +87,9 @@ def bench_preset(preset: str, prompts: int, runs: int, warmup: int, compile_: bo
     ckpt = random_checkpoint(preset, video=True, seed=0)
     build_s = time.perf_counter() - t0
     dims = model_dims(ckpt)
-    params = sum(p.numel() for m in (ckpt.detector, ckpt.video) if m is not None for p in m.parameters())
+    # The video model holds the detector: count each parameter once.
+    unique = {id(p): p for m in (ckpt.detector, ckpt.video) if m is not None for p in m.parameters()}
+    params = sum(p.numel() for p in unique.values())
     for m in (ckpt.detector, ckpt.video):
         if m is not None:
             m.to(device).eval()
