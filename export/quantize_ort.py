@@ -1,0 +1,64 @@
+"""int8 of one ONNX graph with ONNX Runtime's static quantiser (QDQ), the `--engine ort` path.
+
+Activations uint8 (asymmetric), weights int8, per output channel by default. The calibration
+method sets the activation ranges: MinMax (the observed range: no clipping, coarsest steps),
+Percentile (clips the top 0.001 % of |x|: finer steps for the bulk, saturates outliers) or
+Entropy (the KL-divergence-minimising threshold of TensorRT's recipe). Nodes named in
+`keep_fp32` are left out (mixed precision, see `quantize_scopes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .quantize_calib import FeedReader, Feeds
+from .quantize_scopes import QUANTISED_OPS
+
+METHODS = ("minmax", "percentile", "entropy")
+PERCENTILE = 99.999
+
+
+@dataclass(frozen=True)
+class OrtRecipe:
+    method: str = "minmax"
+    per_channel: bool = True
+
+    def describe(self) -> str:
+        ranges = f"Percentile {PERCENTILE}" if self.method == "percentile" else {"minmax": "MinMax", "entropy": "Entropy"}[self.method]
+        return f"onnxruntime static QDQ, U8 activations ({ranges}), S8 {'per-channel' if self.per_channel else 'per-tensor'} weights"
+
+
+def quantize_onnx(src: Path, dst: Path, feeds: Sequence[Feeds], recipe: OrtRecipe, keep_fp32: Sequence[str], work: Path) -> None:
+    """Write the int8 QDQ version of `src` to `dst` (+ `dst.data`), calibrated on `feeds`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if recipe.method not in METHODS:
+        raise ValueError(f"calibration method '{recipe.method}' is not one of {', '.join(METHODS)}")
+    pre = work / f"{src.stem}.pre.onnx"
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, save_as_external_data=True)
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[recipe.method]
+    extra = {"CalibPercentile": PERCENTILE} if recipe.method == "percentile" else {}
+    quantize_static(
+        str(pre),
+        str(dst),
+        FeedReader(feeds),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=recipe.per_channel,
+        op_types_to_quantize=list(QUANTISED_OPS),
+        nodes_to_exclude=list(keep_fp32),
+        calibrate_method=method,
+        use_external_data_format=True,
+        extra_options=extra,
+    )
+    pre.unlink(missing_ok=True)
+    for data in work.glob(f"{pre.name}*.data"):
+        data.unlink()
