@@ -44,7 +44,10 @@ def quantize_onnx(src: Path, dst: Path, feeds: Sequence[Feeds], recipe: OrtRecip
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }[recipe.method]
-    extra = {"CalibPercentile": PERCENTILE} if recipe.method == "percentile" else {}
+    # DedicatedQDQPair: a tensor read by a quantised and a kept-fp32 node reaches the fp32 one unrounded
+    extra: dict[str, object] = {"DedicatedQDQPair": True}
+    if recipe.method == "percentile":
+        extra["CalibPercentile"] = PERCENTILE
     quantize_static(
         str(pre),
         str(dst),
