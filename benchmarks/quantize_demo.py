@@ -122,9 +122,10 @@ def accuracy(dirs: dict[str, tuple[Path, str]], work: Path, max_images: int | No
 
 
 class EagerTimer:
-    """transformers eager fp32 `Sam3Model` of the demo preset behind the runtime's pre/post-processing."""
+    """transformers eager fp32 `Sam3Model` of a preset (the demo's by default), random weights, behind the
+    runtime's pre/post-processing (`medsam3_training.evaluate.TorchPredictor`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preset: str | None = None) -> None:
         import torch
         from medsam3_export.checkpoint import random_checkpoint
         from medsam3_export.tokenizer_files import checkpoint_tokenizer
@@ -132,7 +133,7 @@ class EagerTimer:
         from medsam3_training.recipes.demo_brain import PRESET, PROMPT_SEMANTICS
 
         torch.set_num_threads(THREADS)
-        det = random_checkpoint(PRESET, video=False, seed=0, init_std=0.05).detector.eval()
+        det = random_checkpoint(preset or PRESET, video=False, seed=0, init_std=0.05).detector.eval()
         tok, _ = checkpoint_tokenizer(None)
         self.pred = TorchPredictor(det, tok, prompt_semantics=PROMPT_SEMANTICS)
         self.det = det
@@ -154,9 +155,12 @@ class EagerTimer:
         return {"total": total, "backbone": self.backbone_ms}
 
 
-def speed(dirs: dict[str, tuple[Path, str]], image: np.ndarray, prompts: list[str], rounds: int) -> dict[str, Any]:
+def speed(
+    dirs: dict[str, tuple[Path, str]], image: np.ndarray, prompts: list[str], rounds: int, preset: str | None = None
+) -> dict[str, Any]:
+    """Median stage and end-to-end times, every candidate once per round (warm, prompts cached)."""
     segs = {label: medsam3_rt.load(d, backend, threads=THREADS) for label, (d, backend) in dirs.items()}
-    eager = EagerTimer()
+    eager = EagerTimer(preset)
     samples: dict[str, dict[str, list[float]]] = {k: {"total": [], "backbone": [], "detector": []} for k in [*segs, "transformers eager"]}
     for r in range(rounds + 2):  # two warm-up rounds (prompt cache, lazy allocations)
         for label, seg in segs.items():
@@ -231,7 +235,7 @@ def main() -> None:
         "machine": machine_info(),
         "platform": platform.platform(),
         "threads": THREADS,
-        "gemm_peak_gflops": {"fp32": measure_gemm_peak(), "int8": measure_int8_gemm_peak()},
+        "gemm_peak_gflops": {"fp32": measure_gemm_peak(), "int8": measure_int8_gemm_peak(threads=THREADS)},
         "prompts": prompts,
         "calibration_images": calib_names,
         "quantize_runs": runs,

@@ -46,6 +46,9 @@ def quantize_onnx(src: Path, dst: Path, feeds: Sequence[Feeds], recipe: OrtRecip
     }[recipe.method]
     # DedicatedQDQPair: a tensor read by a quantised and a kept-fp32 node reaches the fp32 one unrounded
     extra: dict[str, object] = {"DedicatedQDQPair": True}
+    # Not CalibMaxIntermediateOutputs: onnxruntime 1.32 clears the collected outputs at that count
+    # without folding them into the ranges (calibrate.py MinMaxCalibrater.collect_data), so it
+    # would calibrate on the last partial chunk only. Memory is all inputs' activations at once.
     if recipe.method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     quantize_static(
