@@ -49,8 +49,6 @@ VARIANTS: dict[str, list[str]] = {
     "ort entropy": ["--graphs", "backbone,detector", "--method", "entropy"],
     "ort minmax per-tensor": ["--graphs", "backbone,detector", "--per-tensor"],
     "ort minmax heads int8": ["--graphs", "backbone,detector", "--keep-fp32", "none"],
-    "ort backbone only": ["--graphs", "backbone"],
-    "ort detector only": ["--graphs", "detector"],
     "openvino nncf": ["--graphs", "backbone,detector", "--engine", "openvino"],
     "ort auto": [],
 }
@@ -217,8 +215,11 @@ def main() -> None:
                 dirs[f"int8 {label}"] = (out, "openvino" if "--engine" in extra else "ort-cpu")
             else:
                 print(f"  failed: {runs[label]['error']}", flush=True)
+        partial: dict[str, Any] = {"cmd": _cmd(a), "partial": True, "quantize_runs": runs}
+        a.output.write_text(json.dumps(partial, indent=1))  # a long run keeps what it measured so far
         print("accuracy on the held-out slices", flush=True)
         acc = accuracy(dirs, tmp / "work", a.max_images)
+        a.output.write_text(json.dumps({**partial, "accuracy": acc}, indent=1))
         print("speed", flush=True)
         from medsam3_rt.demo import SAMPLES_DIR
 
@@ -230,7 +231,7 @@ def main() -> None:
     from medsam3_bench.peak import measure_gemm_peak, measure_int8_gemm_peak
 
     result = {
-        "cmd": "python benchmarks/quantize_demo.py" + (f" --max-images {a.max_images}" if a.max_images else ""),
+        "cmd": _cmd(a),
         "model": {"dir": "medsam3_rt.demo_model_dir()", "manifest_sha256": _sha(model / "manifest.json")},
         "machine": machine_info(),
         "platform": platform.platform(),
@@ -245,6 +246,10 @@ def main() -> None:
     }
     a.output.write_text(json.dumps(result, indent=1))
     print(f"wrote {a.output}")
+
+
+def _cmd(a: argparse.Namespace) -> str:
+    return "python benchmarks/quantize_demo.py" + (f" --max-images {a.max_images}" if a.max_images else "")
 
 
 def _sha(path: Path) -> str:
