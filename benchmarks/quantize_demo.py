@@ -101,6 +101,8 @@ def accuracy(dirs: dict[str, tuple[Path, str]], work: Path, max_images: int | No
         per_concept: dict[str, dict[str, float]] = {}
         for ds, d in p["datasets"].items():
             for c, v in d["concepts"].items():
+                if not v.get("n"):  # the concept is in none of these images' ground truth
+                    continue
                 r = ref["datasets"][ds]["concepts"][c]
                 per_concept.setdefault(c, {"dice": 0.0, "drop_points": 0.0, "n": 0})
                 per_concept[c]["dice"] += v["dice"] * v["n"]
