@@ -211,7 +211,9 @@ def _compute_lines(result: dict[str, Any], cands: list[dict[str, Any]]) -> list[
     lines = [
         "## Work and the hardware limit",
         "",
-        f"fp32 GEMM peak of this machine: {peak:.1f} GFLOP/s (measured in this run). GFLOP per call at "
+        f"fp32 GEMM peak of this machine: {peak:.1f} GFLOP/s"
+        + (f", int8 GEMM peak (ONNX Runtime MatMulInteger): {hw['int8_gemm_peak_gops']:.1f} GOP/s" if "int8_gemm_peak_gops" in hw else "")
+        + " (measured in this run). GFLOP per call at "
         f"{len(result['settings']['prompts'])} prompt(s): "
         + ", ".join(f"{n} {flops[n]['gflop']:.3g}" + _unpriced(flops[n]["uncounted_ops"]) for n in names)
         + ".",

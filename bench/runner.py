@@ -44,7 +44,7 @@ from medsam3_rt.profiling import machine_info, median_ratio, rss_bytes, summariz
 from .candidates import BASELINE_NAME, Candidate, ImageOutput, RuntimeCandidate, StreamHandle, StreamPolicy, expand_backends, load_baseline
 from .flops import STAGE_OF_GRAPH, GraphFlops, image_graph_flops
 from .memory import StageMemory
-from .peak import measure_gemm_peak
+from .peak import measure_gemm_peak, measure_int8_gemm_peak
 from .schema import CURVE_LENGTHS, IMAGE_STAGES, SCHEMA_ID, STREAM_STAGES, TEXT_MISS_STAGES
 
 log = logging.getLogger("medsam3_bench")
@@ -299,13 +299,15 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
 
     graph_flops: dict[str, GraphFlops] = {}
     peaks: list[float] = []
+    int8_peaks: list[float] = []
     if cfg.flops:
-        say("counting graph FLOPs and timing the fp32 GEMM peak")
+        say("counting graph FLOPs and timing the fp32 and int8 GEMM peaks")
         try:
             graph_flops = image_graph_flops(cfg.model_dir, manifest, len(prompts))
         except Exception as ex:  # a graph ONNX Runtime cannot profile here: reported, not fatal
             notes.append(f"graph FLOPs not counted: {type(ex).__name__}: {str(ex).splitlines()[0]}")
         peaks.append(measure_gemm_peak())
+        int8_peaks.append(measure_int8_gemm_peak(threads=threads))
 
     entries = [_Entry(c) for c in candidates]
     sampler = StageMemory()
@@ -388,9 +390,10 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
 
     if cfg.flops:
         peaks.append(measure_gemm_peak())  # again after the candidates: the peak under the run's conditions
+        int8_peaks.append(measure_int8_gemm_peak(threads=threads))
     result = _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, notes, backends, sampler.stage_peaks)
     if cfg.flops:
-        _add_compute(result, entries, graph_flops, peaks)
+        _add_compute(result, entries, graph_flops, peaks, int8_peaks)
     for e in entries:
         e.cand.close()
     _gc.collect()
@@ -595,14 +598,22 @@ def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, note
     }
 
 
-def _add_compute(result: dict[str, Any], entries: list[_Entry], flops: dict[str, GraphFlops], peaks: list[float]) -> None:
-    """FLOPs per graph, the GEMM peak, and per candidate the achieved GFLOP/s of each graph's stage."""
+def _add_compute(
+    result: dict[str, Any], entries: list[_Entry], flops: dict[str, GraphFlops], peaks: list[float], int8_peaks: Sequence[float] = ()
+) -> None:
+    """FLOPs per graph, the GEMM peaks, and per candidate the achieved GFLOP/s of each graph's stage."""
     peak = max(peaks)
     result["hardware"] = {
         "fp32_gemm_peak_gflops": peak,
         "fp32_gemm_peak_samples_gflops": peaks,
         "peak_method": "numpy BLAS square fp32 GEMM n=1024, best of 5; timed before and after the candidates, the higher kept",
     }
+    if int8_peaks:  # what an int8 (quantised) export could reach: ONNX Runtime's u8 x s8 GEMM
+        result["hardware"] |= {
+            "int8_gemm_peak_gops": max(int8_peaks),
+            "int8_gemm_peak_samples_gops": list(int8_peaks),
+            "int8_peak_method": "ONNX Runtime MatMulInteger u8 x s8 -> s32, n=1024, best of 5, the bench's threads; before and after",
+        }
     result["graph_flops"] = {
         name: {**f.to_json(), "stage": STAGE_OF_GRAPH[name], "prompts": len(result["settings"]["prompts"])} for name, f in flops.items()
     }

@@ -128,22 +128,59 @@ def quantize(
     calib_dir: Path = typer.Argument(..., help="Folder of representative images: calibration, and a hold-out part for the gate."),
     output: Path = typer.Option(..., "--output", "-o", help="Quantised export directory to create (written only if the gate passes)."),
     prompt: list[str] = typer.Option(
-        [], "--prompts", "--prompt", "-p", help="Prompts the gate segments (default: the export's prompt packs)."
+        [],
+        "--prompts",
+        "--prompt",
+        "-p",
+        help="Prompts the gate segments and the detector is calibrated on (default: the export's prompt packs).",
+    ),
+    graphs: list[str] = typer.Option(
+        [],
+        "--graphs",
+        help="Graphs to quantise: backbone, detector, or backbone,detector (default: those faster in int8 that pass the gate).",
+    ),
+    engine: str = typer.Option("ort", "--engine", help="ort (ONNX Runtime QDQ, ONNX) or openvino (NNCF, OpenVINO IR)."),
+    method: str = typer.Option("minmax", "--method", help="Activation ranges (ort): minmax, percentile or entropy."),
+    per_tensor: bool = typer.Option(False, "--per-tensor", help="One weight scale per tensor instead of per output channel (ort)."),
+    keep_fp32: list[str] = typer.Option(
+        [],
+        "--keep-fp32",
+        help="Module path fragment whose layers stay fp32 (repeatable; 'none': none; default: the detector's score/box heads).",
     ),
     holdout: float = typer.Option(0.25, "--holdout", help="Fraction of CALIB_DIR held out of calibration for the accuracy gate."),
     max_dice_drop: float = typer.Option(
         1.0, "--max-dice-drop", help="Refuse to write OUTPUT if the Dice drop vs fp32 exceeds this (points)."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime threads."),
+    threads: int | None = typer.Option(None, "--threads", help="Runtime threads."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
 ) -> None:
-    """Static int8 (QDQ) image backbone calibrated on your images; refuses a Dice drop above the bound."""
+    """Static int8 backbone and/or detector calibrated on your images; refuses a Dice drop above the bound."""
     q = import_optional("medsam3_export.quantize", "export", "`medsam3-rt quantize`")
-    options = q.QuantizeOptions(prompts=tuple(prompt), holdout=holdout, max_dice_drop=max_dice_drop, overwrite=force, threads=threads)
+    keep: tuple[str, ...] | None = None
+    if keep_fp32:
+        keep = () if [k.lower() for k in keep_fp32] == ["none"] else tuple(keep_fp32)
+    options = q.QuantizeOptions(
+        prompts=tuple(prompt),
+        holdout=holdout,
+        max_dice_drop=max_dice_drop,
+        overwrite=force,
+        threads=threads,
+        graphs=q.parse_graphs(graphs),
+        engine=engine,
+        method=method,
+        per_channel=not per_tensor,
+        keep_fp32=keep,
+    )
     result = q.quantize_export(model_dir, calib_dir, output, options, progress=say)
-    for graph, errs in result.graph_errors.items():
-        worst = max((v for k, v in errs.items() if k.endswith(".max_rel")), default=0.0)
-        out_console.print(f"{graph:16s} int8  worst output max|d|/max|ref| {worst:.4f}", highlight=False)
+    for graph, r in result.graph_reports.items():
+        state = "int8" if graph in result.graphs else "fp32 (int8 not kept)"
+        out_console.print(
+            f"{graph:16s} {state:20s} worst output max|d|/max|ref| {r.worst_rel:.4f}; "
+            f"{r.fp32_ms:.1f} ms fp32 -> {r.int8_ms:.1f} ms int8 ({r.speed_ratio:.2f}x); "
+            f"{r.quantised_nodes} layers int8, {r.kept_fp32_nodes} kept fp32",
+            highlight=False,
+            soft_wrap=True,
+        )
     for p, d in result.per_prompt_dice.items():
         out_console.print(f"prompt {p!r:24s} Dice int8 vs fp32 {d:.4f}", highlight=False)
     out_console.print(result.report.describe(), highlight=False, soft_wrap=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx", reason="the FLOPs counter needs onnx (the export extra)")
-from medsam3_bench.peak import measure_gemm_peak  # noqa: E402
+from medsam3_bench.peak import int8_gemm_model, measure_gemm_peak, measure_int8_gemm_peak  # noqa: E402
 from medsam3_export.flops import count_flops  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -88,6 +88,29 @@ def test_unpriced_ops_are_listed_not_ignored() -> None:
 
 def test_gemm_peak_is_a_positive_rate() -> None:
     assert measure_gemm_peak(n=128, repeats=2) > 0.0
+    assert measure_int8_gemm_peak(n=128, repeats=2, threads=1) > 0.0
+
+
+def test_int8_gemm_model_bytes_are_the_onnx_helper_model_and_compute_an_integer_gemm() -> None:
+    """The bench package writes its MatMulInteger model without onnx: same proto as onnx.helper, exact result."""
+    import onnxruntime as ort
+
+    n = 5
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"], name="gemm")],
+        "int8_gemm",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]), helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])],
+    )
+    expected = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    ours = onnx.load_from_string(int8_gemm_model(n))
+    onnx.checker.check_model(ours)
+    assert ours == expected
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    b = rng.integers(-128, 128, (n, n), dtype=np.int8)
+    (y,) = ort.InferenceSession(int8_gemm_model(n), providers=["CPUExecutionProvider"]).run(None, {"A": a, "B": b})
+    np.testing.assert_array_equal(y, a.astype(np.int32) @ b.astype(np.int32))
 
 
 def test_exporter_value_info_symbols_are_bound_on_the_demo_detector() -> None:

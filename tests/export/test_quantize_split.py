@@ -31,3 +31,45 @@ def test_split_is_disjoint_complete_and_deterministic(tmp_path: Path, n: int, ho
 def test_split_rejects_bad_fraction(tmp_path: Path, holdout: float) -> None:
     with pytest.raises(InputError, match="--holdout"):
         split_calibration(_folder(tmp_path, 4), holdout)
+
+
+def _report(graph: str, fp32_ms: float, int8_ms: float):
+    from medsam3_export.quantize import GraphReport
+
+    return GraphReport(graph, {"out.max_rel": 0.01}, fp32_ms, int8_ms, 10, 2)
+
+
+def test_automatic_graph_choice_keeps_only_faster_graphs_largest_saving_first() -> None:
+    """Without --graphs: both when both are faster, then the single graph that saves most, never a slower one."""
+    from medsam3_export.quantize import _subsets
+
+    both = {"image_backbone": _report("image_backbone", 60, 40), "detector": _report("detector", 400, 350)}
+    assert _subsets(both, explicit=False) == [("image_backbone", "detector"), ("detector",), ("image_backbone",)]
+    slow_det = {"image_backbone": _report("image_backbone", 60, 40), "detector": _report("detector", 400, 420)}
+    assert _subsets(slow_det, explicit=False) == [("image_backbone",)]
+    assert _subsets({"detector": _report("detector", 400, 420)}, explicit=False) == []
+    assert _subsets(slow_det, explicit=True) == [("image_backbone", "detector")]  # asked for: gated as asked
+
+
+@pytest.mark.parametrize(
+    ("given", "graphs"),
+    [
+        (["backbone,detector"], ("image_backbone", "detector")),
+        (["detector", "backbone"], ("image_backbone", "detector")),
+        (["image_backbone"], ("image_backbone",)),
+        ([], ()),
+    ],
+)
+def test_parse_graphs(given: list[str], graphs: tuple[str, ...]) -> None:
+    from medsam3_export.quantize import parse_graphs
+
+    assert parse_graphs(given) == graphs
+
+
+def test_parse_graphs_rejects_other_graphs() -> None:
+    from medsam3_export.quantize import parse_graphs
+
+    from medsam3_rt.errors import UsageError
+
+    with pytest.raises(UsageError, match="tracker_step"):
+        parse_graphs(["backbone,tracker_step"])

@@ -100,6 +100,7 @@ assert r["settings"]["stream_policy"]["thresholds_from"] == "given"
 assert "ort-cpu" in to_markdown(r)
 # issue 17 item 5: each 2D graph's FLOPs, the measured GEMM peak, achieved GFLOP/s per stage
 assert r["hardware"]["fp32_gemm_peak_gflops"] > 0
+assert r["hardware"]["int8_gemm_peak_gops"] > 0 and "int8 GEMM peak" in to_markdown(r)  # issue 17 item 3
 assert set(r["graph_flops"]) == {{"image_backbone", "detector", "text_encoder"}}
 assert all(g["gflop"] > 0 for g in r["graph_flops"].values())
 comp = r["candidates"][0]["compute"]
