@@ -56,7 +56,7 @@ def export(
             status.update(msg)
             say(msg)
 
-        source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
+        source = ckpt.random_checkpoint(checkpoint, object_score_bias=ckpt.RANDOM_OBJECT_SCORE_BIAS) if random else checkpoint
         options = exp.ExportOptions(
             opset=opset,
             overwrite=force,
