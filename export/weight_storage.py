@@ -14,9 +14,9 @@ beyond fp16's range (|x| > 65504) stays fp32.
 ONNX Runtime would undo this at load: its constant folding and its
 FuseFp16InitializerToFp32NodeTransformer turn every Cast of an initializer back into an fp32
 initializer (measured: the same resident memory as the fp32 graph). The runtime therefore opens
-graphs the manifest marks `"weights": "fp16"` with those two optimizers disabled and ONNX Runtime's
-priority-based execution order, which runs each Cast next to its consumer instead of all of them
-first (medsam3_rt/backends/ort.py).
+graphs the manifest marks `"weights": "fp16"` with those two optimizers disabled
+(medsam3_rt/backends/ort.py); see `store_fp16` for the node order that makes each Cast run next
+to its consumer.
 
 The result is checked against the source export on ONNX Runtime (the exporter's parity inputs,
 chained through the fp32 graphs' outputs) and recorded in the manifest (`weight_storage`).
@@ -82,7 +82,11 @@ def store_fp16(model: onnx.ModelProto, min_elements: int = MIN_ELEMENTS) -> Grap
         converted += 1
         before += arr.nbytes
         after += arr.size * 2
-    nodes = casts + list(graph.node)  # a Cast has no inputs but its initializer: valid anywhere first
+    # All Casts first, i.e. with the lowest node indices: ONNX Runtime's default execution order
+    # (a reverse depth-first walk from the outputs that visits a node's higher-index inputs first)
+    # then runs each Cast right before its consumer, so one fp32 weight is alive at a time. Placed
+    # next to their consumers instead, they would all run at the start (measured: all weights fp32).
+    nodes = casts + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
     return GraphStorage(converted, kept, before, after)

@@ -198,7 +198,7 @@ class _OrtBackend(Backend):
         """
         return bool(getattr(self.settings, "cuda_graph", False)) and entry is not None and self.io_device is not None and is_static(entry)
 
-    def session_options(self, entry: GraphEntry | None = None) -> Any:
+    def session_options(self) -> Any:
         ort = _ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -213,9 +213,6 @@ class _OrtBackend(Backend):
             so.enable_cpu_mem_arena = False
             so.enable_mem_pattern = False
             so.add_session_config_entry("session.disable_prepacking", "1")
-        if entry is not None and entry.weights == "fp16":
-            # Each weight's Cast runs next to its consumer, not all at the start (export/weight_storage.py).
-            so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         return so
 
     @staticmethod
@@ -229,7 +226,7 @@ class _OrtBackend(Backend):
         try:
             session = ort.InferenceSession(
                 str(path),
-                sess_options=self.session_options(entry),
+                sess_options=self.session_options(),
                 providers=self.providers(entry),
                 disabled_optimizers=self.disabled_optimizers(entry) or None,
             )
