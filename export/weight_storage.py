@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 from medsam3_rt import graph_contract as gc
 from medsam3_rt.errors import InputError, OutputExistsError, ParityError
 from medsam3_rt.manifest import MANIFEST_NAME, GraphEntry, Manifest, load_manifest
+from medsam3_rt.model import PROMPT_PACK_DIR
 
 from . import parity
 from .manifest_writer import file_entry
@@ -167,7 +168,8 @@ def store_export_fp16(
     try:
         stage = tmp / "model"
         graph_files = {f for g in man.graphs.values() for f in (g.file, *g.external_data)}
-        shutil.copytree(src, stage, ignore=lambda d, names: [n for n in names if Path(d) == src and n in graph_files])
+        skip = graph_files | {PROMPT_PACK_DIR}  # packs are keyed by the text encoder's hash: re-encoded below
+        shutil.copytree(src, stage, ignore=lambda d, names: [n for n in names if Path(d) == src and n in skip])
         data = json.loads((src / MANIFEST_NAME).read_text())
         per_graph: dict[str, dict[str, Any]] = {}
         for name, entry in man.graphs.items():
@@ -217,12 +219,44 @@ def store_export_fp16(
         data["weight_storage"] = record
         (stage / MANIFEST_NAME).write_text(json.dumps(data, indent=2))
         load_manifest(stage, verify="hash")  # the result is a valid export before it appears
+        packs = _reencode_prompt_packs(src, stage)
+        if packs:
+            progress(f"re-encoded {len(packs)} prompt pack(s) with the fp16-weight text encoder")
         if out.exists():
             shutil.rmtree(out)
         os.replace(stage, out)
         return record
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reencode_prompt_packs(src: Path, stage: Path) -> list[Path]:
+    """The source's bundled prompt packs, same prompts, encoded by the new text encoder (a pack
+    is valid only for the text-encoder file it was made with)."""
+    from medsam3_rt.model import Model
+    from medsam3_rt.prompt_pack import SUFFIX, PromptPack, read_prompt_pack, write_prompt_pack
+
+    files = sorted((src / PROMPT_PACK_DIR).glob(f"*{SUFFIX}"))
+    if not files:
+        return []
+    model = Model(stage, "ort-cpu", verify="none")
+    try:
+        for f in files:
+            old = read_prompt_pack(f)
+            embs = model.encode_new_prompts(list(old.prompts))
+            new = PromptPack(
+                text_encoder_sha256=model.manifest.text_encoder_sha256,
+                prompts=old.prompts,
+                keys=old.keys,
+                tokens=old.tokens,
+                features=np.stack([e.features for e in embs]),
+                mask=np.stack([e.mask for e in embs]),
+            )
+            (stage / PROMPT_PACK_DIR).mkdir(exist_ok=True)
+            write_prompt_pack(stage / PROMPT_PACK_DIR / f.name, new)
+    finally:
+        model.close()
+    return files
 
 
 def _sha256_text(text: str) -> str:

@@ -137,10 +137,16 @@ def test_fp16_weights_lower_the_peak_memory_of_a_run(tmp_path: Path, bias: bool)
 
 @pytest.fixture(scope="module")
 def fp16_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import shutil
+
     from medsam3_rt.demo import demo_model_dir
 
+    src = tmp_path_factory.mktemp("fp32") / "demo"
+    shutil.copytree(demo_model_dir(), src)
+    (src / "prompt_packs").mkdir()
+    cli("prompts", "pack", str(src), "-p", "brain", "-o", str(src / "prompt_packs" / "brain.m3pack"), check=True)
     out = tmp_path_factory.mktemp("fp16") / "demo-fp16"
-    proc = cli("fp16-weights", str(demo_model_dir()), "--output", str(out))
+    proc = cli("fp16-weights", str(src), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "as fp16; every output within" in proc.stdout
     return out
@@ -179,6 +185,17 @@ def test_fp16_export_segments_like_the_fp32_export(fp16_demo: Path) -> None:
     assert np.mean(b.masks == a.masks) >= 0.999
     dice = [200 * (m[0] & truth).sum() / (m[0].sum() + truth.sum()) for m in (a.masks, b.masks)]
     assert abs(dice[1] - dice[0]) < 0.2, dice  # Dice points against the atlas mask
+
+
+def test_bundled_prompt_packs_are_re_encoded_for_the_new_text_encoder(fp16_demo: Path) -> None:
+    from medsam3_rt.prompt_pack import read_prompt_pack
+
+    man = load_manifest(fp16_demo, verify="none")
+    pack = read_prompt_pack(fp16_demo / "prompt_packs" / "brain.m3pack", expect_text_encoder_sha256=man.text_encoder_sha256)
+    with medsam3_rt.load(fp16_demo, "ort-cpu") as seg:  # the pack loads with the model
+        direct = seg.model.encode_new_prompts(["brain"])[0]
+        assert gc.TEXT_ENCODER in seg.model.open_graphs()
+    np.testing.assert_array_equal(pack.features[0], direct.features)
 
 
 def test_fp16_weights_refuses_a_converted_export_and_an_existing_output(fp16_demo: Path, tmp_path: Path) -> None:
