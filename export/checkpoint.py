@@ -112,8 +112,9 @@ def random_checkpoint(
     score distinctly and mask logits are not all near zero (transformers' 0.02 makes every
     query score ~0.25 in a tiny model). `overrides` replaces fields of the preset (validated by
     the caller) and is recorded in the source. `object_score_bias` sets the bias of the tracker's
-    object-score head: at transformers' init its logit is ~-0.004 for every input, so the tracker
-    graphs' parity would compare only the constant "no object" fill of their masks;
+    object-score head: at transformers' init its logit is ~0 for every input (|logit| < 0.01), so
+    presence is a coin flip per preset, and where it lands "absent" (small, full) the tracker
+    graphs' parity compares only the constant "no object" fill of their masks;
     `RANDOM_OBJECT_SCORE_BIAS` makes every tracked object present (`export --random` uses it).
     """
     pr = get_preset(preset)

@@ -218,3 +218,15 @@ def test_manifest_weights_field_is_schema_checked(fp16_demo: Path, tmp_path: Pat
     (bad / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="'weights' must be"):
         load_manifest(bad, verify="none")
+
+
+def test_tensorrt_build_refuses_fp16_weight_graphs_in_one_line(fp16_demo: Path) -> None:
+    from medsam3_export import tensorrt_build as tb
+
+    from medsam3_rt import engines as eng
+    from medsam3_rt.errors import UsageError
+
+    env = eng.GpuEnvironment("10.8.0", "NVIDIA H100 80GB HBM3", "9.0")
+    with pytest.raises(UsageError, match="build TensorRT engines from the fp32 export") as err:
+        tb.plan_build(fp16_demo, load_manifest(fp16_demo), tb.BuildOptions(), env)
+    assert "\n" not in str(err.value)
