@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 SETTINGS: dict[str, dict[str, object]] = {
     "before": {"attention": "unfused", "lean": False, "weights": "fp32", "pack": False},
@@ -142,7 +143,11 @@ def main() -> None:
     ap.add_argument("--settings", default="before,after,fp16-pack")
     ap.add_argument("--skip-export", action="store_true", help="Reuse the exports already in --work.")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/full-size.json"))
+    ap.add_argument("--table", action="store_true", help="Print the markdown table of --out and stop.")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     result: dict[str, object] = {"prompt": PROMPT, "frames": args.frames, "settings": {}}
     if args.out.is_file():  # settings run one at a time add to the same file
         result["settings"] = json.loads(args.out.read_text()).get("settings", {})
@@ -169,6 +174,35 @@ def main() -> None:
         result["settings"][name] = row  # type: ignore[index]
         _write(args.out, result)
     print(f"wrote {args.out}")
+
+
+def table(result: dict[str, Any]) -> str:
+    """The markdown table docs/footprint.md shows (`--table`: print it for an existing result file)."""
+    rows = [
+        "| setting | disk | export (or fp16-weights) | load | segment cold / warm | stream frames "
+        "| peak RSS: load / segment / stream / process |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["settings"].items():
+        rt = row.get("runtime", {})
+        exp = row.get("export") or {}
+        half = row.get("fp16_weights") or {}
+        if exp:
+            made = f"{exp['export_s'] / 60:.1f} min, {exp['export_peak_rss_mib'] / 1024:.1f} GiB"
+        elif half:
+            made = f"{half['fp16_weights_s'] / 60:.1f} min, {half['fp16_weights_peak_rss_mib'] / 1024:.1f} GiB"
+        else:
+            made = "-"
+        st = rt.get("stage_peak_rss_mib", {})
+        seg_peak = max((v for k, v in st.items() if k not in ("load", "stream_open", "stream_frame")), default=0.0)
+        frames = " / ".join(f"{f['s']:.0f}" for f in rt.get("stream_frames", []))
+        gib = lambda m: f"{m / 1024:.2f}"  # noqa: E731
+        rows.append(
+            f"| {name} | {row.get('disk_mib', 0) / 1024:.2f} GiB | {made} | {rt.get('load_s', 0):.1f} s | "
+            f"{rt.get('segment_cold_s', 0):.0f} / {rt.get('segment_warm_s', 0):.0f} s | {frames} s | "
+            f"{gib(st.get('load', 0))} / {gib(seg_peak)} / {gib(st.get('stream_frame', 0))} / {gib(rt.get('peak_rss_mib', 0))} GiB |"
+        )
+    return "\n".join(rows)
 
 
 def _write(out: Path, result: dict[str, object]) -> None:

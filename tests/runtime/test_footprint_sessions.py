@@ -87,8 +87,8 @@ def test_tracker_graphs_open_with_a_stream_and_release_after_it(tiny_video_expor
             stream = seg.stream(["liver"], options=opts)
             runs.append([stream.push(_textured(i)) for i in range(3)])
             assert set(gc.TRACKER_GRAPHS) <= set(seg.model.open_graphs())
-            closed = seg.model.release()
-            assert set(closed) == set(gc.TRACKER_GRAPHS) | {gc.TEXT_ENCODER}
+            closed = seg.model.release()  # (and the text encoder the first time: later prompts are cache hits)
+            assert set(gc.TRACKER_GRAPHS) <= set(closed) <= set(gc.TRACKER_GRAPHS) | {gc.TEXT_ENCODER}
             assert seg.model.open_graphs() == [gc.IMAGE_BACKBONE, gc.DETECTOR]
         assert any(r.object_ids.size for r in runs[0])  # the tracker had objects to track
         # reopened sessions track exactly as the first ones did
