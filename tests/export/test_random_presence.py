@@ -53,3 +53,15 @@ def test_random_export_bias_makes_tracked_objects_present() -> None:
 def test_bias_is_recorded_in_the_source() -> None:
     assert random_checkpoint("tiny", object_score_bias=1.0).source["object_score_bias"] == 1.0
     assert "object_score_bias" not in random_checkpoint("tiny").source
+
+
+def test_torch_backend_rebuilds_the_bias_of_a_random_export() -> None:
+    """The torch backend rebuilds random exports from `model.source`: the bias must come back too."""
+    from medsam3_export import torch_backend as tbk
+
+    source = {"format": "random", "preset": "tiny", "seed": 0, "class": "Sam3VideoModel", "object_score_bias": 1.0}
+    dims = model_dims(random_checkpoint("tiny"))  # checkpoint_for checks the rebuilt geometry against these
+    man = type("M", (), {"model": {"source": source}, "dims": dims})()
+    ckpt = tbk.checkpoint_for(man, None)  # type: ignore[arg-type]
+    bias = ckpt.video.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias
+    assert torch.all(bias == 1.0)
