@@ -197,6 +197,9 @@ def table(result: dict[str, Any]) -> str:
         seg_peak = max((v for k, v in st.items() if k not in ("load", "stream_open", "stream_frame")), default=0.0)
         frames = " / ".join(f"{f['s']:.0f}" for f in rt.get("stream_frames", []))
         gib = lambda m: f"{m / 1024:.2f}"  # noqa: E731
+        if not rt:
+            rows.append(f"| {name} | {row.get('disk_mib', 0) / 1024:.2f} GiB | {made} | {row.get('note', 'not run')} | | | |")
+            continue
         rows.append(
             f"| {name} | {row.get('disk_mib', 0) / 1024:.2f} GiB | {made} | {rt.get('load_s', 0):.1f} s | "
             f"{rt.get('segment_cold_s', 0):.0f} / {rt.get('segment_warm_s', 0):.0f} s | {frames} s | "
