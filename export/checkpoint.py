@@ -92,6 +92,11 @@ def _set_init_std(config: Any, std: float, seen: set[int] | None = None) -> None
             _set_init_std(value, std, seen)
 
 
+# Tracker object-score bias of `export --random`: objects present, so the tracker graphs' parity
+# compares real masks and pointers (tests/conftest.py shifts its tiny model's bias the same way).
+RANDOM_OBJECT_SCORE_BIAS = 1.0
+
+
 def random_checkpoint(
     preset: str,
     *,
@@ -99,13 +104,18 @@ def random_checkpoint(
     seed: int = 0,
     init_std: float | None = None,
     overrides: Mapping[str, Any] | None = None,
+    object_score_bias: float | None = None,
 ) -> LoadedCheckpoint:
     """A randomly initialised model of a preset geometry (tests, benchmarks, size studies, training from scratch).
 
     `init_std` overrides the weight initialisation scale; tests use 0.05 so that queries
     score distinctly and mask logits are not all near zero (transformers' 0.02 makes every
     query score ~0.25 in a tiny model). `overrides` replaces fields of the preset (validated by
-    the caller) and is recorded in the source.
+    the caller) and is recorded in the source. `object_score_bias` sets the bias of the tracker's
+    object-score head: at transformers' init its logit is ~0 for every input (|logit| < 0.01), so
+    presence is a coin flip per preset, and where it lands "absent" (small, full) the tracker
+    graphs' parity compares only the constant "no object" fill of their masks;
+    `RANDOM_OBJECT_SCORE_BIAS` makes every tracked object present (`export --random` uses it).
     """
     pr = get_preset(preset)
     if overrides is not None:
@@ -120,6 +130,10 @@ def random_checkpoint(
         source = {"format": "random", "preset": preset, "overrides": dict(overrides), "seed": seed}
     if video:
         vm = Sam3VideoModel(cfg).eval()
+        if object_score_bias is not None:
+            with torch.no_grad():
+                vm.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(object_score_bias)
+            source["object_score_bias"] = object_score_bias
         return LoadedCheckpoint(vm.detector_model, vm, {**source, "class": "Sam3VideoModel"})
     det = getattr(transformers, HF_MODEL_TYPES[cfg.model_type])(cfg).eval()
     return LoadedCheckpoint(det, None, {**source, "class": type(det).__name__})

@@ -56,7 +56,7 @@ def export(
             status.update(msg)
             say(msg)
 
-        source = ckpt.random_checkpoint(checkpoint) if random else checkpoint
+        source = ckpt.random_checkpoint(checkpoint, object_score_bias=ckpt.RANDOM_OBJECT_SCORE_BIAS) if random else checkpoint
         options = exp.ExportOptions(
             opset=opset,
             overwrite=force,
@@ -185,3 +185,26 @@ def quantize(
         out_console.print(f"prompt {p!r:24s} Dice int8 vs fp32 {d:.4f}", highlight=False)
     out_console.print(result.report.describe(), highlight=False, soft_wrap=True)
     out_console.print(f"wrote {result.output}", highlight=False)
+
+
+fp16_weights_app = typer.Typer(add_completion=False)
+
+
+@fp16_weights_app.command("fp16-weights", no_args_is_help=True)
+def fp16_weights(
+    model_dir: Path = typer.Argument(..., help="Export directory (from `medsam3-rt export`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Export directory to create (written only if parity passes)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+) -> None:
+    """Store the weights as fp16 (half the disk and weight memory), computed in fp32; checked against MODEL_DIR."""
+    ws = import_optional("medsam3_export.weight_storage", "export", "`medsam3-rt fp16-weights`")
+    record = ws.store_export_fp16(model_dir, output, overwrite=force, progress=say)
+    before = sum(g["converted_fp32_bytes"] for g in record["graphs"].values())
+    after = sum(g["converted_fp16_bytes"] for g in record["graphs"].values())
+    worst = max(v["max_rel"] for v in record["parity"]["worst"].values())
+    out_console.print(
+        f"weights {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB as fp16; every output within "
+        f"{worst:.1e} x max|fp32 output| of {model_dir}",
+        highlight=False,
+    )
+    out_console.print(f"wrote {output}", highlight=False)

@@ -214,6 +214,20 @@ def parity_inputs(
     raise KeyError(name)
 
 
+def objects_present(refs: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:
+    """Per tracker graph, how many parity objects the reference scored present ("1/2").
+
+    An absent object's masks are a constant fill, so its mask parity says little; a reader of
+    the report sees how much of the tracker parity compared real masks.
+    """
+    out = {}
+    for name in (gc.TRACKER_INIT, gc.TRACKER_STEP):
+        if name in refs:
+            scores = refs[name][gc.OBJECT_SCORE_LOGITS]
+            out[name] = f"{int((scores > 0).sum())}/{scores.size}"
+    return out
+
+
 def parity_image(size: int, seed: int = 0) -> np.ndarray:
     """A deterministic RGB test card: smooth background, bright and dark ellipses, noise."""
     rng = np.random.default_rng(seed)
@@ -329,6 +343,7 @@ def export_model(
         if semantics == "meta":
             per_graph[gc.DETECTOR] = f"{reference} with Meta's text-only prompt (geometry-encoder CLS token, medsam3_export.semantics)"
         report = parity.report(results, opts.tolerance, reference, per_graph)
+        report["objects_present"] = objects_present(refs)
         atomic_write_text(stage / PARITY_REPORT, json.dumps(report, indent=2))
         for r in results:
             say(("ok    " if r.passed else "FAIL  ") + r.describe())

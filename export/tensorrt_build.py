@@ -157,6 +157,12 @@ def plan_build(model_dir: Path, manifest: Manifest, options: BuildOptions, env: 
             f"graph '{fused[0]}' of {model_dir} has fused attention (com.microsoft::MultiHeadAttention), which TensorRT's "
             "ONNX parser cannot read; export again with `medsam3-rt export ... --attention unfused` for TensorRT"
         )
+    half = [g for g in names if manifest.graphs[g].weights == "fp16"]
+    if half:
+        raise UsageError(
+            f"graph '{half[0]}' of {model_dir} stores its weights as fp16 (`medsam3-rt fp16-weights`, for CPU "
+            "backends); build TensorRT engines from the fp32 export (--precision chooses the engine's types)"
+        )
     ranges = eng.axis_ranges(manifest.tracker, options.axes)
     plans = []
     for name in names:

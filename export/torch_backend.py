@@ -90,8 +90,12 @@ def checkpoint_for(manifest: Manifest, path: str | Path | None) -> LoadedCheckpo
         )
     if path is None:
         if fmt == "random":
+            bias = source.get("object_score_bias")  # `export --random` sets the tracker's object-score bias
             ckpt = random_checkpoint(
-                str(source.get("preset")), video=source.get("class") == "Sam3VideoModel", seed=int(source.get("seed", 0))
+                str(source.get("preset")),
+                video=source.get("class") == "Sam3VideoModel",
+                seed=int(source.get("seed", 0)),
+                object_score_bias=None if bias is None else float(bias),
             )
         else:
             raise UsageError(

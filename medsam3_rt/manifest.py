@@ -54,6 +54,7 @@ _TOP_LEVEL_KEYS = {
     "engines",
     "parity",
     "quantization",  # written by `medsam3-rt quantize`
+    "weight_storage",  # written by `medsam3-rt fp16-weights`
 }
 
 Verify = Literal["hash", "size", "none"]
@@ -74,9 +75,14 @@ class GraphEntry:
     external_data: tuple[str, ...] = ()
     # "fused": attention as com.microsoft::MultiHeadAttention nodes; "unfused": MatMul/Softmax/MatMul
     attention: str = "unfused"
+    # "fp16": large weights stored as fp16, each Cast to fp32 before use (`medsam3-rt fp16-weights`); "fp32": as exported
+    weights: str = "fp32"
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "external_data": list(self.external_data), "attention": self.attention, **self.spec.to_json()}
+        out = {"file": self.file, "external_data": list(self.external_data), "attention": self.attention, **self.spec.to_json()}
+        if self.weights != "fp32":
+            out["weights"] = self.weights
+        return out
 
 
 @dataclass(frozen=True)
@@ -373,7 +379,9 @@ def parse_manifest(data: Any) -> Manifest:
             pass  # an export with an image batch axis (several images per backbone call)
         elif spec != expected[name]:
             raise ManifestError(f"manifest graph '{name}' declares I/O {_describe(spec)}, this runtime expects {_describe(expected[name])}")
-        graphs[name] = GraphEntry(name, entry["file"], spec, tuple(lists["external_data"]), entry.get("attention", "unfused"))
+        graphs[name] = GraphEntry(
+            name, entry["file"], spec, tuple(lists["external_data"]), entry.get("attention", "unfused"), entry.get("weights", "fp32")
+        )
     missing = [g for g in gc.DETECTOR_GRAPHS if g not in graphs]
     if missing:
         raise ManifestError(f"manifest has no {', '.join(missing)} graph(s); every export needs {', '.join(gc.DETECTOR_GRAPHS)}")

@@ -40,6 +40,10 @@ _ORT_TYPES = {
 }
 
 
+# ONNX Runtime graph optimizers that fold Cast(fp16 initializer) into an fp32 initializer.
+FP16_WEIGHT_FOLDING = ("ConstantFolding", "FuseFp16InitializerToFp32NodeTransformer")
+
+
 def _ort():
     try:
         import onnxruntime
@@ -211,11 +215,21 @@ class _OrtBackend(Backend):
             so.add_session_config_entry("session.disable_prepacking", "1")
         return so
 
+    @staticmethod
+    def disabled_optimizers(entry: GraphEntry) -> list[str]:
+        """Optimizers that would turn fp16-stored weights back into fp32 initializers at load (measured)."""
+        return list(FP16_WEIGHT_FOLDING) if entry.weights == "fp16" else []
+
     def open(self, entry: GraphEntry, model_dir: Path) -> GraphRunner:
         ort = _ort()
         path = model_dir / entry.file
         try:
-            session = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=self.providers(entry))
+            session = ort.InferenceSession(
+                str(path),
+                sess_options=self.session_options(),
+                providers=self.providers(entry),
+                disabled_optimizers=self.disabled_optimizers(entry) or None,
+            )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             raise ModelError(f"ONNX Runtime cannot load {path.name}: {first_line(e)}") from None
         active = session.get_providers()

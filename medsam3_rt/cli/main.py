@@ -28,7 +28,7 @@ from .console import STATE, err_console, extra_hint
 COMMAND_GROUP = "medsam3_rt.commands"
 # Commands of the full install and the extra that brings each one's dependencies; used only to
 # answer with an install hint when a command's entry point is absent.
-KNOWN_COMMANDS = {"export": "export", "build": "export", "train": "train", "eval": "train", "bench": "bench"}
+KNOWN_COMMANDS = {"export": "export", "build": "export", "fp16-weights": "export", "train": "train", "eval": "train", "bench": "bench"}
 
 
 def command_entry_points() -> dict[str, metadata.EntryPoint]:

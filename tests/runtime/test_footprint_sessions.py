@@ -48,3 +48,50 @@ def test_text_encoder_loads_on_a_cache_miss_and_can_be_released(tiny_export: Pat
         np.testing.assert_array_equal(again.features, first.features[0])
     finally:
         model.close()
+
+
+def test_a_prompt_pack_covering_the_prompts_keeps_the_text_encoder_closed(tiny_export: Path, tmp_path: Path) -> None:
+    from conftest import cli
+
+    from medsam3_rt import graph_contract as gc
+
+    pack = tmp_path / "organs.m3pack"
+    cli("prompts", "pack", str(tiny_export), "-p", "liver", "-p", "left kidney", "-o", str(pack), check=True)
+    image = (np.random.default_rng(0).random((96, 128)) * 255).astype(np.uint8)
+    with medsam3_rt.load(tiny_export, "ort-cpu", verify="none", prompt_packs=[pack]) as seg:
+        packed = seg.segment(image, ["liver", "left kidney"])
+        assert gc.TEXT_ENCODER not in seg.model.open_graphs()
+        seg.segment(image, ["spleen"])  # not in the pack: a cache miss opens the encoder
+        assert gc.TEXT_ENCODER in seg.model.open_graphs()
+    with medsam3_rt.load(tiny_export, "ort-cpu", verify="none") as seg:
+        encoded = seg.segment(image, ["liver", "left kidney"])
+    np.testing.assert_array_equal(packed.scores, encoded.scores)
+
+
+def _textured(i: int, shape: tuple[int, int] = (96, 96)) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    img = (rng.random(shape) * 80).astype(np.uint8)
+    img[20 + i : 60 + i, 24:70] = 220
+    return img
+
+
+def test_tracker_graphs_open_with_a_stream_and_release_after_it(tiny_video_export: Path) -> None:
+    from medsam3_rt import graph_contract as gc
+
+    opts = medsam3_rt.StreamOptions(detection_threshold=0.0, new_object_threshold=0.0)
+    with medsam3_rt.load(tiny_video_export, "ort-cpu", verify="none") as seg:
+        seg.segment(_textured(0), ["liver"])
+        assert not set(gc.TRACKER_GRAPHS) & set(seg.model.open_graphs())  # images alone: no tracker sessions
+        runs = []
+        for _ in range(2):
+            stream = seg.stream(["liver"], options=opts)
+            runs.append([stream.push(_textured(i)) for i in range(3)])
+            assert set(gc.TRACKER_GRAPHS) <= set(seg.model.open_graphs())
+            closed = seg.model.release()  # (and the text encoder the first time: later prompts are cache hits)
+            assert set(gc.TRACKER_GRAPHS) <= set(closed) <= set(gc.TRACKER_GRAPHS) | {gc.TEXT_ENCODER}
+            assert seg.model.open_graphs() == [gc.IMAGE_BACKBONE, gc.DETECTOR]
+        assert any(r.object_ids.size for r in runs[0])  # the tracker had objects to track
+        # reopened sessions track exactly as the first ones did
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a.label_map, b.label_map)
+            np.testing.assert_array_equal(a.object_ids, b.object_ids)
