@@ -47,12 +47,39 @@ def test_init_graph_equals_use_mask_as_output(video, frame_features) -> None:
     masks = _random_masks(3, 64)
     masks[2] = 0  # an empty mask: absent object
     with torch.no_grad():
-        low, ptr, score = TrackerInitGraph(video.video)(f0, f1, vf, masks)
+        low, ptr, score = TrackerInitGraph(video.video, "transformers")(f0, f1, vf, masks)
         for i in range(3):
             ref = trk._use_mask_as_output(vf, [f0, f1], masks[i : i + 1])
             torch.testing.assert_close(low[i : i + 1], ref.pred_masks, rtol=0, atol=1e-5)
             torch.testing.assert_close(ptr[i : i + 1], ref.object_pointer.reshape(1, -1), rtol=0, atol=1e-5)
             torch.testing.assert_close(score[i : i + 1], ref.object_score_logits[:, 0], rtol=0, atol=0)
+
+
+def test_init_graph_meta_pointer_is_the_single_mask_token(video, frame_features) -> None:
+    """Tracker semantics "meta": the pointer comes from the decoder's single-mask output token
+    (Meta runs `_use_mask_as_output`'s SAM heads with multimask_output=False); the masks and
+    scores are those of transformers' `_use_mask_as_output`."""
+    from medsam3_export.graphs.tracker import TrackerInitGraph
+
+    trk = video.video.tracker_model
+    f0, f1, vf = (frame_features[k] for k in gc.TRK_FEATURES)
+    masks = _random_masks(3, 64)
+    masks[2] = 0
+    graph = TrackerInitGraph(video.video, "meta")
+    with torch.no_grad():
+        low, ptr, score = graph(f0, f1, vf, masks)
+        multi = TrackerInitGraph(video.video, "transformers")(f0, f1, vf, masks)[1]
+        for i in range(2):
+            ref = trk._use_mask_as_output(vf, [f0, f1], masks[i : i + 1])
+            torch.testing.assert_close(low[i : i + 1], ref.pred_masks, rtol=0, atol=1e-5)
+            torch.testing.assert_close(score[i : i + 1], ref.object_score_logits[:, 0], rtol=0, atol=0)
+            mask_img = torch.nn.functional.interpolate(masks[i : i + 1], size=(trk.image_size,) * 2, mode="bilinear", antialias=True)
+            single = trk._single_frame_forward(
+                input_masks=trk.mask_downsample(mask_img), image_embeddings=[f0, f1, vf], multimask_output=False
+            )
+            torch.testing.assert_close(ptr[i : i + 1], single.object_pointer.reshape(1, -1), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ptr[2:], trk.no_object_pointer, rtol=0, atol=0)  # absent: no-object pointer
+    assert (ptr[:2] - multi[:2]).abs().max() > 1e-4, "the two semantics must pick different tokens (10x the tolerance above)"
 
 
 @pytest.mark.parametrize("binarize", [True, False])
