@@ -111,16 +111,20 @@ class _TrackerGraph(nn.Module):
 
 
 class TrackerInitGraph(_TrackerGraph):
-    """A new object from a binary mask (what `_use_mask_as_output` does for detections).
+    """A new object from a detection mask (what `_use_mask_as_output` does for detections).
 
-    trk_feat_s0, trk_feat_s1, trk_vision_feat (1, ...), masks (N, 1, m, m) in {0, 1}
+    trk_feat_s0, trk_feat_s1, trk_vision_feat (1, ...), masks (N, 1, m, m)
     -> low_res_masks (N, 1, m, m), object_pointer (N, C), object_score_logits (N, 1)
 
-    `semantics` (medsam3_export.semantics.TRACKER_SEMANTICS) picks the decoder token the
-    object pointer comes from: "meta" the single-mask token, as Meta's `_use_mask_as_output`
-    runs the SAM heads with multimask_output=False; "transformers" the best of the three
-    multimask tokens, as `Sam3TrackerVideoModel._use_mask_as_output` does (its
-    `_single_frame_forward` defaults to multimask output).
+    `semantics` (medsam3_export.semantics.TRACKER_SEMANTICS):
+    * "meta": `masks` are the detection's mask logits. As Meta's `_tracker_add_new_objects`,
+      they are resized (bilinear) to the tracker's input mask size (16x the token grid) and
+      thresholded at 0; `mask_downsample` brings that mask to the prompt encoder's size and
+      the pointer is the decoder's single-mask token (Meta runs these SAM heads with
+      multimask_output=False).
+    * "transformers": `masks` are binary {0, 1}, resized to the image size as
+      `Sam3TrackerVideoModel._use_mask_as_output` does, and the pointer is the best of the
+      three multimask tokens (its `_single_frame_forward` defaults to multimask output).
     """
 
     def __init__(self, video_model: nn.Module, semantics: str = "meta") -> None:
@@ -133,8 +137,13 @@ class TrackerInitGraph(_TrackerGraph):
         t = self.tracker
         n = masks.shape[0]
         out_scale, out_bias = 20.0, -10.0
-        size = (t.image_size, t.image_size)
-        mask_img = nn.functional.interpolate(masks, size=size, align_corners=False, mode="bilinear", antialias=True)
+        if self.multimask:  # transformers
+            size = (t.image_size, t.image_size)
+            mask_img = nn.functional.interpolate(masks, size=size, align_corners=False, mode="bilinear", antialias=True)
+        else:  # Meta: threshold the logits at the input mask size (4x the prompt encoder's mask size)
+            side = 4 * t.prompt_encoder.mask_input_size[0]
+            mask_img = (nn.functional.interpolate(masks, size=(side, side), align_corners=False, mode="bilinear") > 0).to(masks.dtype)
+            masks = mask_img
         high_res = mask_img * out_scale + out_bias
         low_res = nn.functional.interpolate(
             high_res, size=t.prompt_encoder.mask_input_size, align_corners=False, mode="bilinear", antialias=True

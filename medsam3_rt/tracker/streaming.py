@@ -321,10 +321,11 @@ class Stream:
     def _add_objects(self, tracks, decision: policy.MergeDecision, det: policy.Detections, step, trk_feats, t, hw) -> list[ObjectTrack]:
         """`_tracker_add_new_objects`: new objects from detections (as conditioning frames).
 
-        Tracker semantics "meta" (Meta's video predictor): the mask is the detection's logits
-        thresholded at 0, and the memory is encoded from it as Meta does (through the video
-        resolution, `masks.meta_new_object_memory`). "transformers": thresholded at 0.5 (as
-        `Sam3VideoModel` thresholds the logits), resized to the image size and binarised.
+        Tracker semantics "meta" (Meta's video predictor): the init graph gets the detection's
+        logits (it thresholds them at 0 at the tracker's input mask size), and the memory is
+        encoded as Meta does (through the video resolution, `masks.meta_new_object_memory`).
+        "transformers": the logits thresholded at 0.5 (as `Sam3VideoModel` does), resized to
+        the image size and binarised.
         With policy "transformers", adding objects also re-runs the tracker on this frame for
         every other object that was not re-anchored (`decision.rerun`), and re-encodes their
         memory from the tracker's own mask, thresholded (the memory encoder binarises the
@@ -335,8 +336,10 @@ class Stream:
         if len(new) == 0:
             return []
         meta = self.tracker_semantics == "meta"
-        binary = ((det.masks[new] > 0) if meta else (det.masks[new] >= 0.5)).astype(np.float32)  # (n, m, m)
-        init = self.model.run(gc.TRACKER_INIT, {**trk_feats, gc.MASKS: binary[:, None]})
+        # "meta": the graph thresholds the logits itself (after resizing them, as Meta does)
+        binary = (det.masks[new] >= 0.5).astype(np.float32)  # (n, m, m)
+        masks_in = det.masks[new].astype(np.float32) if meta else binary
+        init = self.model.run(gc.TRACKER_INIT, {**trk_feats, gc.MASKS: masks_in[:, None]})
         new_tracks = []
         for k, (d, obj_id) in enumerate(zip(new, decision.new_obj_ids, strict=True)):
             tr = ObjectTrack(int(obj_id), int(det.prompt_ids[d]), float(det.scores[d]), t, keep_alive=self.settings.init_trk_keep_alive)
