@@ -289,6 +289,8 @@ def export_model(
     dims = model_dims(ckpt)
     semantics, semantics_from = resolve_prompt_semantics(opts.prompt_semantics, ckpt)
     say(f"detector prompt semantics: {semantics} ({semantics_from})")
+    if dims.has_tracker:
+        say(f"tracker semantics: {opts.tracker_semantics}")
     if ckpt.source.get("unexported_parameters"):
         un = ckpt.source["unexported_parameters"]
         say(f"not exported: {len(un['tensors'])} tensors, {un['total']} parameters ({un['reason']})")
