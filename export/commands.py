@@ -33,6 +33,12 @@ def export(
         help="Detector text-only prompt: meta (Meta's sam3: + geometry-encoder CLS token) or transformers "
         "(text tokens only). Default: what the checkpoint was trained with if it records it, else meta.",
     ),
+    tracker_semantics: str = typer.Option(
+        "meta",
+        "--tracker-semantics",
+        help="Tracker new-object path: meta (Meta's video predictor: single-mask pointer, memory of the mask at video "
+        "resolution) or transformers (Sam3VideoModel).",
+    ),
     adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder to merge into the weights before export."),
     attention: str = typer.Option(
         "unfused",
@@ -61,6 +67,7 @@ def export(
             opset=opset,
             overwrite=force,
             prompt_semantics=prompt_semantics,
+            tracker_semantics=tracker_semantics,
             adapter=adapter,
             attention=attention,
             image_size=image_size,

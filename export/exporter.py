@@ -44,7 +44,14 @@ from .graphs import build_graph_module
 from .manifest_writer import file_entry
 from .onnx_export import DEFAULT_OPSET, export_graph
 from .resolution import resize_checkpoint, resolution_info
-from .semantics import DEFAULT_PROMPT_SEMANTICS, DESCRIPTIONS, check_prompt_semantics
+from .semantics import (
+    DEFAULT_PROMPT_SEMANTICS,
+    DEFAULT_TRACKER_SEMANTICS,
+    DESCRIPTIONS,
+    TRACKER_DESCRIPTIONS,
+    check_prompt_semantics,
+    check_tracker_semantics,
+)
 from .tokenizer_files import checkpoint_tokenizer, write_tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,12 +65,14 @@ Progress = Callable[[str], None]
 class ExportOptions:
     """`prompt_semantics`: "meta" or "transformers" for the detector graph (see
     `medsam3_export.semantics`); None takes the one the checkpoint was trained with when it
-    records it (medsam3 training's training.json), else "meta"."""
+    records it (medsam3 training's training.json), else "meta". `tracker_semantics`: "meta"
+    (default) or "transformers" for the tracker's new-object path (see the same module)."""
 
     opset: int = DEFAULT_OPSET
     tolerance: parity.Tolerance = field(default_factory=parity.Tolerance)
     overwrite: bool = False
     prompt_semantics: str | None = None
+    tracker_semantics: str = DEFAULT_TRACKER_SEMANTICS
     adapter: str | Path | None = None  # a PEFT LoRA adapter folder merged into the weights (adapters.py)
     # "fused": every attention as one com.microsoft::MultiHeadAttention node (attention.py);
     # "unfused": MatMul/Softmax/MatMul, for backends without that op (TensorRT's parser)
@@ -72,6 +81,7 @@ class ExportOptions:
     batch_axis: bool = False  # image backbone with a symbolic batch axis "B" (several images per call)
 
     def __post_init__(self) -> None:
+        check_tracker_semantics(self.tracker_semantics)
         if self.attention not in ATTENTION_CHOICES:
             raise UsageError(f"--attention {self.attention}: choose one of {', '.join(ATTENTION_CHOICES)}")
 
@@ -151,7 +161,7 @@ VIDEO_SETTINGS = (
 TRACKER_SETTINGS = ("num_maskmem", "max_cond_frame_num", "max_object_pointers_in_encoder")
 
 
-def tracker_settings(ckpt: LoadedCheckpoint) -> dict[str, Any]:
+def tracker_settings(ckpt: LoadedCheckpoint, semantics: str = DEFAULT_TRACKER_SEMANTICS) -> dict[str, Any]:
     """The streaming constants of a Sam3VideoModel, recorded in the manifest's `tracker` section."""
     assert ckpt.video is not None
     cfg, tcfg = ckpt.video.config, ckpt.video.tracker_model.config
@@ -159,6 +169,8 @@ def tracker_settings(ckpt: LoadedCheckpoint) -> dict[str, Any]:
     out.update({k: getattr(tcfg, k) for k in TRACKER_SETTINGS})
     out["memory_storage_dtype"] = "bfloat16"
     out["reference"] = "transformers Sam3VideoModel streaming inference (frame by frame)"
+    out["semantics"] = semantics
+    out["semantics_description"] = TRACKER_DESCRIPTIONS[semantics]
     return out
 
 
@@ -291,6 +303,8 @@ def export_model(
     dims = model_dims(ckpt)
     semantics, semantics_from = resolve_prompt_semantics(opts.prompt_semantics, ckpt)
     say(f"detector prompt semantics: {semantics} ({semantics_from})")
+    if dims.has_tracker:
+        say(f"tracker semantics: {opts.tracker_semantics}")
     if ckpt.source.get("unexported_parameters"):
         un = ckpt.source["unexported_parameters"]
         say(f"not exported: {len(un['tensors'])} tensors, {un['total']} parameters ({un['reason']})")
@@ -309,7 +323,7 @@ def export_model(
         if opts.batch_axis:  # two different images: a batch of 1 would let the exporter fix the axis
             pixels = np.concatenate([pixels, pixel_values(parity_image(dims.image_size, seed=1), preprocess)])
 
-        modules = {name: build_graph_module(name, ckpt, dims, semantics) for name in names}
+        modules = {name: build_graph_module(name, ckpt, dims, semantics, opts.tracker_semantics) for name in names}
         say("running the PyTorch reference")
         inputs: dict[str, dict[str, torch.Tensor]] = {}
         refs: dict[str, dict[str, np.ndarray]] = {}
@@ -342,6 +356,8 @@ def export_model(
         per_graph = {name: reference for name in names}
         if semantics == "meta":
             per_graph[gc.DETECTOR] = f"{reference} with Meta's text-only prompt (geometry-encoder CLS token, medsam3_export.semantics)"
+        if gc.TRACKER_INIT in per_graph and opts.tracker_semantics == "meta":
+            per_graph[gc.TRACKER_INIT] = f"{reference} with Meta's single-mask object pointer (medsam3_export.semantics)"
         report = parity.report(results, opts.tolerance, reference, per_graph)
         report["objects_present"] = objects_present(refs)
         atomic_write_text(stage / PARITY_REPORT, json.dumps(report, indent=2))
@@ -373,7 +389,7 @@ def export_model(
             graphs=graphs,
             files={f: file_entry(stage, f) for f in rel_files},
             postprocess=Postprocess(),
-            tracker=tracker_settings(ckpt) if dims.has_tracker else None,
+            tracker=tracker_settings(ckpt, opts.tracker_semantics) if dims.has_tracker else None,
             parity={
                 "passed": report["passed"],
                 "tolerance": report["tolerance"],

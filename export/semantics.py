@@ -34,6 +34,35 @@ DESCRIPTIONS = {
 }
 
 
+# The tracker's new-object path (docs/streaming.md, "Tracker semantics"): "meta" follows Meta's
+# `Sam3VideoBase._tracker_add_new_objects` (object pointer from the single-mask token; memory
+# from the detection mask thresholded at 0 and taken through the video resolution, binarised
+# before the memory encoder's resize); "transformers" follows `Sam3VideoModel` (pointer from
+# the best multimask token; mask thresholded at 0.5, resized, then binarised). The graph part
+# is TrackerInitGraph's token; the host part is medsam3_rt.tracker.masks.meta_new_object_memory.
+TRACKER_SEMANTICS: tuple[str, ...] = ("meta", "transformers")
+DEFAULT_TRACKER_SEMANTICS = "meta"
+# Exports made before the field existed followed transformers.
+LEGACY_TRACKER_SEMANTICS = "transformers"
+TRACKER_DESCRIPTIONS = {
+    "meta": "Meta's sam3 video predictor: new objects get the single-mask pointer and a memory of their mask at video resolution",
+    "transformers": "transformers Sam3VideoModel: new objects get the best multimask pointer and a memory of their mask at 0.5",
+}
+
+
+def check_tracker_semantics(value: str) -> str:
+    from medsam3_rt.errors import UsageError
+
+    if value not in TRACKER_SEMANTICS:
+        raise UsageError(f"tracker semantics must be one of {', '.join(TRACKER_SEMANTICS)}, got '{value}'")
+    return value
+
+
+def manifest_tracker_semantics(tracker_section: dict | None) -> str:
+    """The semantics of an export's tracker graphs (manifest `tracker.semantics`; absent: transformers)."""
+    return check_tracker_semantics(str((tracker_section or {}).get("semantics", LEGACY_TRACKER_SEMANTICS)))
+
+
 def manifest_prompt_semantics(model_section: dict) -> PromptSemantics:
     """The semantics an export's detector graph follows (manifest `model.prompt_semantics`);
     manifests without the field were written before it existed, when graphs followed transformers."""

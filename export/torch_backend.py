@@ -44,7 +44,7 @@ from medsam3_rt.manifest import GraphEntry, Manifest
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, random_checkpoint
 from .graphs import build_graph_module
-from .semantics import manifest_prompt_semantics
+from .semantics import manifest_prompt_semantics, manifest_tracker_semantics
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,9 @@ class TorchBackend(Backend):
         manifest = self.manifest_for(model_dir)
         ckpt = self.checkpoint(manifest)
         try:
-            module = build_graph_module(entry.name, ckpt, manifest.dims, manifest_prompt_semantics(manifest.model))
+            module = build_graph_module(
+                entry.name, ckpt, manifest.dims, manifest_prompt_semantics(manifest.model), manifest_tracker_semantics(manifest.tracker)
+            )
         except KeyError:
             raise BackendUnavailableError(self.name, f"no PyTorch module for graph '{entry.name}' in this medsam3_export") from None
         module = module.to(self.device).eval()

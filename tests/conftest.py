@@ -84,11 +84,12 @@ def tiny_video_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_video_export(tiny_video_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Exported with transformers' text-only semantics: its streaming reference is transformers'
-    `Sam3VideoModel`, whose detector runs that way (test_streaming_parity.py). `tiny_export`
-    has the default, Meta's semantics."""
+    """Exported with transformers' text-only and tracker semantics: its streaming reference is
+    transformers' `Sam3VideoModel`, whose detector and tracker run that way
+    (test_streaming_parity.py). `tiny_export` has the defaults, Meta's semantics."""
     out = tmp_path_factory.mktemp("video-export") / "tiny-video-export"
-    cli("export", str(tiny_video_hf_dir), "--output", str(out), "--quiet", "--prompt-semantics", "transformers", check=True)
+    args = ["--prompt-semantics", "transformers", "--tracker-semantics", "transformers"]
+    cli("export", str(tiny_video_hf_dir), "--output", str(out), "--quiet", *args, check=True)
     return out
 
 

@@ -515,6 +515,15 @@ double tracker_float(const Manifest& m, const char* key, double fallback) {
     }
 }
 
+std::string tracker_string(const Manifest& m, const char* key, const std::string& fallback) {
+    if (m.tracker_json.empty()) return fallback;
+    const json data = json::parse(m.tracker_json);
+    auto it = data.find(key);
+    if (it == data.end()) return fallback;
+    if (!it->is_string()) throw ModelError(std::string("manifest 'tracker' section is missing or has a bad value for '") + key + "'");
+    return it->get<std::string>();
+}
+
 void verify_files(const Manifest& m, Verify verify) {
     if (verify == Verify::none) return;
     static std::mutex mu;

@@ -96,6 +96,8 @@ struct TrackerSettings {
 TrackerSettings tracker_settings(const Manifest& manifest);
 // float(manifest.tracker.get(key, fallback)), with `fallback` when there is no tracker section.
 double tracker_float(const Manifest& manifest, const char* key, double fallback);
+// A string of the manifest's 'tracker' section, `fallback` when absent.
+std::string tracker_string(const Manifest& manifest, const char* key, const std::string& fallback);
 
 // Validate a manifest.json text; `root` only names the directory in messages and paths.
 Manifest parse_manifest(const std::string& json_text, const std::string& root, const std::string& path_for_messages);

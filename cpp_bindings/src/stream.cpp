@@ -87,6 +87,16 @@ Stream::Stream(std::shared_ptr<const Manifest> manifest, std::shared_ptr<Backend
                          "); export a Sam3VideoModel checkpoint to track objects, or open the stream with mode MEDSAM3RT_STREAM_DETECT "
                          "for independent frames");
     }
+    // Tracker semantics "meta" (the exporter's default) adds objects as Meta's video predictor
+    // does (medsam3_rt.tracker.masks.meta_new_object_memory, tracker_init fed with logits); that
+    // host path is not in this runtime yet, so such exports are refused rather than run differently.
+    // Manifests without the field predate it and followed transformers.
+    const std::string semantics = tracker_string(m, "semantics", "transformers");
+    if (semantics != "transformers") {
+        throw ModelError("this export's tracker follows tracker semantics '" + semantics +
+                         "' (Meta's new-object path), which the C++ runtime does not implement yet; re-export with "
+                         "`medsam3-rt export ... --tracker-semantics transformers` to stream with it here");
+    }
     s_ = tracker_settings(m);
     if (options_.detection_threshold >= 0.0) s_.score_threshold_detection = options_.detection_threshold;
     if (options_.new_object_threshold >= 0.0) s_.new_det_thresh = options_.new_object_threshold;

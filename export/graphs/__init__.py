@@ -18,12 +18,15 @@ if TYPE_CHECKING:
     from ..checkpoint import LoadedCheckpoint
 
 
-def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims, prompt_semantics: str | None = None) -> nn.Module:
+def build_graph_module(
+    name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims, prompt_semantics: str | None = None, tracker_semantics: str = "meta"
+) -> nn.Module:
     """The `nn.Module` whose forward is graph `name` of the contract, on the checkpoint's weights.
 
     The exporter exports these modules and the PyTorch backend runs them, so ONNX, TensorRT
     and PyTorch execute the same computation graph by graph. `prompt_semantics` (detector
     only): "meta" or "transformers"; None means the checkpoint's own (`ckpt.prompt_semantics`).
+    `tracker_semantics` (tracker_init only): "meta" or "transformers" (medsam3_export.semantics).
     """
     from .detector import DetectorGraph
     from .image_backbone import ImageBackboneGraph
@@ -40,5 +43,7 @@ def build_graph_module(name: str, ckpt: LoadedCheckpoint, dims: gc.ModelDims, pr
     if name in tracker_graphs:
         if ckpt.video is None:
             raise KeyError(f"'{name}' needs a checkpoint with a tracker (Sam3VideoModel)")
+        if name == gc.TRACKER_INIT:
+            return TrackerInitGraph(ckpt.video, tracker_semantics).eval()
         return tracker_graphs[name](ckpt.video).eval()
     raise KeyError(f"no graph module for '{name}'")

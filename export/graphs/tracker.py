@@ -67,12 +67,14 @@ class _TrackerGraph(nn.Module):
 
     # -- SAM head (batched over objects) ------------------------------------------------
     def sam_head(
-        self, pix_feat: torch.Tensor, high_res: list[torch.Tensor], input_masks: torch.Tensor | None
+        self, pix_feat: torch.Tensor, high_res: list[torch.Tensor], input_masks: torch.Tensor | None, multimask: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`_single_frame_forward` on given embeddings, multimask, for N objects at once.
+        """`_single_frame_forward` on given embeddings for N objects at once.
 
         Returns low-res masks (N, 1, m, m) with absent objects set to NO_OBJ_SCORE, IoU
-        scores (N, 3), object pointers (N, C) and object score logits (N, 1).
+        scores (N, 3) (N, 1 with multimask False), object pointers (N, C) and object score
+        logits (N, 1). With multimask False the decoder's single-mask output and its token
+        (token 0) are used, as Meta's `_forward_sam_heads(multimask_output=False)` does.
         """
         t = self.tracker
         n = pix_feat.shape[0]
@@ -89,7 +91,7 @@ class _TrackerGraph(nn.Module):
             image_positional_embeddings=self.image_pe.expand(n, -1, -1, -1),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=True,
+            multimask_output=multimask,
             high_resolution_features=high_res,
         )
         # masks (N, 1, 3, m, m), iou (N, 1, 3), tokens (N, 1, 3, C), obj_score (N, 1, 1)
@@ -109,11 +111,25 @@ class _TrackerGraph(nn.Module):
 
 
 class TrackerInitGraph(_TrackerGraph):
-    """A new object from a binary mask (what `_use_mask_as_output` does for detections).
+    """A new object from a detection mask (what `_use_mask_as_output` does for detections).
 
-    trk_feat_s0, trk_feat_s1, trk_vision_feat (1, ...), masks (N, 1, m, m) in {0, 1}
+    trk_feat_s0, trk_feat_s1, trk_vision_feat (1, ...), masks (N, 1, m, m)
     -> low_res_masks (N, 1, m, m), object_pointer (N, C), object_score_logits (N, 1)
+
+    `semantics` (medsam3_export.semantics.TRACKER_SEMANTICS):
+    * "meta": `masks` are the detection's mask logits. As Meta's `_tracker_add_new_objects`,
+      they are resized (bilinear) to the tracker's input mask size (16x the token grid) and
+      thresholded at 0; `mask_downsample` brings that mask to the prompt encoder's size and
+      the pointer is the decoder's single-mask token (Meta runs these SAM heads with
+      multimask_output=False).
+    * "transformers": `masks` are binary {0, 1}, resized to the image size as
+      `Sam3TrackerVideoModel._use_mask_as_output` does, and the pointer is the best of the
+      three multimask tokens (its `_single_frame_forward` defaults to multimask output).
     """
+
+    def __init__(self, video_model: nn.Module, semantics: str = "meta") -> None:
+        super().__init__(video_model)
+        self.multimask = semantics == "transformers"
 
     def forward(
         self, trk_feat_s0: torch.Tensor, trk_feat_s1: torch.Tensor, trk_vision_feat: torch.Tensor, masks: torch.Tensor
@@ -121,8 +137,13 @@ class TrackerInitGraph(_TrackerGraph):
         t = self.tracker
         n = masks.shape[0]
         out_scale, out_bias = 20.0, -10.0
-        size = (t.image_size, t.image_size)
-        mask_img = nn.functional.interpolate(masks, size=size, align_corners=False, mode="bilinear", antialias=True)
+        if self.multimask:  # transformers
+            size = (t.image_size, t.image_size)
+            mask_img = nn.functional.interpolate(masks, size=size, align_corners=False, mode="bilinear", antialias=True)
+        else:  # Meta: threshold the logits at the input mask size (4x the prompt encoder's mask size)
+            side = 4 * t.prompt_encoder.mask_input_size[0]
+            mask_img = (nn.functional.interpolate(masks, size=(side, side), align_corners=False, mode="bilinear") > 0).to(masks.dtype)
+            masks = mask_img
         high_res = mask_img * out_scale + out_bias
         low_res = nn.functional.interpolate(
             high_res, size=t.prompt_encoder.mask_input_size, align_corners=False, mode="bilinear", antialias=True
@@ -132,6 +153,7 @@ class TrackerInitGraph(_TrackerGraph):
             trk_vision_feat.repeat(n, 1, 1, 1),
             self.high_res_list(trk_feat_s0, trk_feat_s1, n),
             t.mask_downsample(mask_img),
+            multimask=self.multimask,
         )
         appearing = (masks.flatten(1) > 0).any(dim=1, keepdim=True).to(pointer.dtype)  # (N, 1)
         score = out_scale * appearing + out_bias

@@ -37,6 +37,8 @@ def info(
     )
     # Exports without the field predate it; their detector graphs followed transformers.
     out_console.print(f"prompt semantics: {m.model.get('prompt_semantics', 'transformers')} (detector, text-only prompts)")
+    if m.tracker is not None:  # exports without the field predate it; their tracker followed transformers
+        out_console.print(f"tracker semantics: {m.tracker.get('semantics', 'transformers')} (new objects: pointer and first memory)")
     out_console.print(f"[dim]{m.model.get('intended_use')}[/]")
     out_console.print("graphs:")
     for name, g in m.graphs.items():

@@ -12,6 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..resample import resize
+
 NO_OBJ_LOGIT = -10.0  # what the merge writes into suppressed masks (sigmoid(-10) = 4.5e-5)
 
 
@@ -111,6 +113,42 @@ def object_wise_non_overlap(masks: np.ndarray, scores: np.ndarray, groups: np.nd
         winner = np.argmax(claim, axis=0)
         out[idx] = masks[idx] & (winner[None] == np.arange(len(idx))[:, None, None])
     return out
+
+
+def meta_new_object_memory(
+    det_logits: np.ndarray, video_hw: tuple[int, int], image_size: int, memory_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What Meta's video predictor encodes into memory for objects added on one frame.
+
+    det_logits (n, m, m): the new objects' detection mask logits; video_hw: the frame's size.
+    Returns (memory encoder input (n, 1, M, M) for its sigmoid path, object score logits (n,)).
+
+    Meta (`Sam3VideoBase._tracker_add_new_objects` -> `add_new_mask` ->
+    `propagate_in_video_preflight`) thresholds the logits at 0 after a bilinear resize to the
+    tracker's input mask size M, keeps the mask at video resolution (antialiased resize,
+    > 0.5) as +-1024 logits, resizes those to m (antialiased) and to the image size, applies
+    the non-overlap constraint among the objects added together, and encodes the mask
+    binarised at the image size, scaled to +-10 before the memory encoder's own antialiased
+    resize to M. The binary mask resized to M is a probability map p; the memory encoder
+    graph applies sigmoid to its input, so p is passed as its logit (clipped to +-88, where
+    float32 sigmoid gives 0 and 1 exactly). The score is +10 for a non-empty mask at M, else
+    -10 (`_use_mask_as_output`). tests/tracker/test_meta_tracker.py compares this with the
+    memory-encoder input Meta's code builds.
+    """
+    n = len(det_logits)
+    h, w = int(video_hw[0]), int(video_hw[1])
+    m = det_logits.shape[-1]
+    inputs = resize(det_logits, (memory_size, memory_size), axes=(1, 2), antialias=False) > 0
+    scores = np.where(inputs.any(axis=(1, 2)), 10.0, -10.0).astype(np.float32)
+    video = resize(inputs.astype(np.float32), (h, w), axes=(1, 2), antialias=True) > 0.5
+    low = resize(np.where(video, 1024.0, -1024.0).astype(np.float32), (m, m), axes=(1, 2), antialias=True)
+    high = resize(low, (image_size, image_size), axes=(1, 2), antialias=False)
+    if n > 1:
+        high = pixelwise_non_overlap(high)
+    prob = resize((high > 0).astype(np.float32), (memory_size, memory_size), axes=(1, 2), antialias=True)
+    with np.errstate(divide="ignore"):
+        logit = np.log(prob) - np.log1p(-prob)
+    return np.clip(logit, -88.0, 88.0).astype(np.float32)[:, None], scores
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:

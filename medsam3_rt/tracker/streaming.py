@@ -138,6 +138,10 @@ class Stream:
         self._hw, self._mem, self._c, self._m = d.feat_size**2, d.memory_channels, d.fpn_channels, d.mask_size
         self._image = d.image_size
         self._mem_size = d.memory_mask_size
+        # the tracker's new-object path (manifest tracker.semantics; exports without it followed transformers)
+        self.tracker_semantics = str(m.tracker.get("semantics", "transformers"))
+        if self.tracker_semantics not in ("meta", "transformers"):
+            raise ManifestError(f"manifest 'tracker': semantics must be 'meta' or 'transformers', got '{self.tracker_semantics}'")
         self.max_objects = self.policy.max_objects
         self.max_cond = self.options.max_cond_frames or self.settings.max_cond_frame_num
         self.observer: Callable[[MergeRecord], None] | None = None
@@ -210,7 +214,7 @@ class Stream:
             decision = policy.merge(det, table, step["masks"], step["score"], t, next_id, self.policy, self._hotstart)
         else:
             decision = policy.tracker_only(table, step["masks"], step["score"], t, next_id, self.policy)
-        new_tracks = self._apply(tracks, decision, det, step, trk_feats, t)
+        new_tracks = self._apply(tracks, decision, det, step, trk_feats, t, frame.shape[:2])
         clock.lap("merge+memory")
         shown = self._outputs(frame.shape[:2], tracks, new_tracks, decision, det, step, t)
         result = self._hide(shown, decision.removed)
@@ -284,7 +288,7 @@ class Stream:
         shown = mk.fill_holes(low, s.fill_hole_area) if self.options.fill_holes else low.copy()
         return {"low": low, "score": out[gc.OBJECT_SCORE_LOGITS][:, 0], "masks": shown}
 
-    def _apply(self, tracks, decision: policy.MergeDecision, det: policy.Detections, step, trk_feats, t) -> list[ObjectTrack]:
+    def _apply(self, tracks, decision: policy.MergeDecision, det: policy.Detections, step, trk_feats, t, hw) -> list[ObjectTrack]:
         """The decision applied to the memory banks: counters, re-anchoring, memories, new objects."""
         for i, tr in enumerate(tracks):
             tr.keep_alive = int(decision.keep_alive[i])
@@ -295,12 +299,14 @@ class Stream:
             bits = self._encode(trk_feats, decision.memory_masks, np.zeros(len(tracks), bool), decision.memory_scores)
             for tr, b in zip(tracks, bits, strict=True):
                 tr.entry(t).maskmem = b
-        return self._add_objects(tracks, decision, det, step, trk_feats, t)
+        return self._add_objects(tracks, decision, det, step, trk_feats, t, hw)
 
     def _encode(self, trk_feats: dict[str, np.ndarray], masks: np.ndarray, binarize: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Memory encoder for N masks (logits at any size; resized like `_encode_new_memory`)."""
         size = (self._mem_size, self._mem_size)
-        resized = resize(masks, size, axes=(1, 2), antialias=True)[:, None].astype(np.float32)
+        if masks.shape[-2:] != size:
+            masks = resize(masks, size, axes=(1, 2), antialias=True)
+        resized = masks[:, None].astype(np.float32)
         out = self.model.run(
             gc.MEMORY_ENCODER,
             {
@@ -312,20 +318,28 @@ class Stream:
         )
         return mk.to_bfloat16(out[gc.MASKMEM_FEATURES])
 
-    def _add_objects(self, tracks, decision: policy.MergeDecision, det: policy.Detections, step, trk_feats, t) -> list[ObjectTrack]:
+    def _add_objects(self, tracks, decision: policy.MergeDecision, det: policy.Detections, step, trk_feats, t, hw) -> list[ObjectTrack]:
         """`_tracker_add_new_objects`: new objects from detections (as conditioning frames).
 
-        Like transformers, adding objects re-runs the tracker on this frame for every other
-        object that was not re-anchored (`decision.rerun`), and re-encodes their memory from
-        the tracker's own mask, thresholded (the memory encoder binarises the whole batch once
-        a mask prompt is in it). The re-run would reproduce the step outputs exactly, so they
-        are reused.
+        Tracker semantics "meta" (Meta's video predictor): the init graph gets the detection's
+        logits (it thresholds them at 0 at the tracker's input mask size), and the memory is
+        encoded as Meta does (through the video resolution, `masks.meta_new_object_memory`).
+        "transformers": the logits thresholded at 0.5 (as `Sam3VideoModel` does), resized to
+        the image size and binarised.
+        With policy "transformers", adding objects also re-runs the tracker on this frame for
+        every other object that was not re-anchored (`decision.rerun`), and re-encodes their
+        memory from the tracker's own mask, thresholded (the memory encoder binarises the
+        whole batch once a mask prompt is in it). The re-run would reproduce the step outputs
+        exactly, so they are reused.
         """
         new = decision.new_dets
         if len(new) == 0:
             return []
+        meta = self.tracker_semantics == "meta"
+        # "meta": the graph thresholds the logits itself (after resizing them, as Meta does)
         binary = (det.masks[new] >= 0.5).astype(np.float32)  # (n, m, m)
-        init = self.model.run(gc.TRACKER_INIT, {**trk_feats, gc.MASKS: binary[:, None]})
+        masks_in = det.masks[new].astype(np.float32) if meta else binary
+        init = self.model.run(gc.TRACKER_INIT, {**trk_feats, gc.MASKS: masks_in[:, None]})
         new_tracks = []
         for k, (d, obj_id) in enumerate(zip(new, decision.new_obj_ids, strict=True)):
             tr = ObjectTrack(int(obj_id), int(det.prompt_ids[d]), float(det.scores[d]), t, keep_alive=self.settings.init_trk_keep_alive)
@@ -335,13 +349,18 @@ class Stream:
         size = (self._image, self._image)
         rerun = decision.rerun
         hr_existing = resize(step["low"][rerun], size, axes=(1, 2), antialias=False) if len(rerun) else np.zeros((0, *size), np.float32)
-        hr_new = resize(binary, size, axes=(1, 2), antialias=True) * 20.0 - 10.0
-        hr = np.concatenate([hr_existing, hr_new])
-        scores = np.concatenate([step["score"][rerun], init[gc.OBJECT_SCORE_LOGITS][:, 0]])
-        bits = self._encode(trk_feats, hr, np.ones(len(hr), bool), scores)
+        if meta:
+            mem_in, new_scores = mk.meta_new_object_memory(det.masks[new], hw, self._image, self._mem_size)
+            new_bits = self._encode(trk_feats, mem_in[:, 0], np.zeros(len(new), bool), new_scores)
+            hr, scores = hr_existing, step["score"][rerun]
+        else:
+            hr_new = resize(binary, size, axes=(1, 2), antialias=True) * 20.0 - 10.0
+            hr = np.concatenate([hr_existing, hr_new])
+            scores = np.concatenate([step["score"][rerun], init[gc.OBJECT_SCORE_LOGITS][:, 0]])
+        bits = self._encode(trk_feats, hr, np.ones(len(hr), bool), scores) if len(hr) else []
         for i, b in zip(rerun, bits[: len(rerun)], strict=True):
             tracks[i].entry(t).maskmem = b
-        for tr, b in zip(new_tracks, bits[len(rerun) :], strict=True):
+        for tr, b in zip(new_tracks, new_bits if meta else bits[len(rerun) :], strict=True):
             tr.cond[t].maskmem = b
         for tr in new_tracks:
             self._tracks[tr.obj_id] = tr

@@ -27,7 +27,7 @@ from medsam3_rt.manifest import load_manifest
 def fused_video_export(tiny_video_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same checkpoint and semantics as `tiny_video_export`, with fused attention."""
     out = tmp_path_factory.mktemp("fused") / "tiny-video-fused"
-    args = ("--quiet", "--prompt-semantics", "transformers", "--attention", "fused")
+    args = ("--quiet", "--prompt-semantics", "transformers", "--tracker-semantics", "transformers", "--attention", "fused")
     cli("export", str(tiny_video_hf_dir), "-o", str(out), *args, check=True)
     return out
 

@@ -70,7 +70,8 @@ def test_the_baseline_follows_the_exports_prompt_semantics(tiny_video_hf_dir: Pa
     the two definitions as disagreement (image IoU 0.74, stream label IoU 0 on the tiny model).
     """
     meta = tmp_path / "meta-export"
-    cli("export", str(tiny_video_hf_dir), "--output", str(meta), "--quiet", check=True)
+    # the baseline's tracker is transformers' Sam3VideoModel: the export's tracker follows it
+    cli("export", str(tiny_video_hf_dir), "--output", str(meta), "--quiet", "--tracker-semantics", "transformers", check=True)
     assert json.loads((meta / "manifest.json").read_text())["model"]["prompt_semantics"] == "meta"
     out = tmp_path / "bench.json"
     cli(

@@ -18,10 +18,10 @@ pre-processing to Meta's).
 Our side is `Stream.run` with default options (policy "meta"): results held back 15 frames.
 
 Measured (docs/streaming.md): the same objects on all 14 frames (appearing, unmatched, vanishing
-on flat frames, coming back, a new one while others vanish) and detector masks within IoU 0.997,
-but the tracker's own masks differ from Meta's tracker (IoU 0.79 on the first tracked frame, and
-on longer clips the masks' differences change association decisions); that part is an xfail with
-the measured numbers until the tracker difference is found.
+on flat frames, coming back, a new one while others vanish), detector masks within IoU 0.997,
+and the first tracked frame after an object appears equal to Meta's (IoU 1.0, tracker semantics
+"meta"). Frames where objects come back after being absent differ (IoU 0.0007-0.89): that part
+is an xfail with the measured numbers; the suspect is Meta's memory selection, not implemented.
 """
 
 from __future__ import annotations
@@ -124,9 +124,15 @@ def test_stream_matches_metas_video_predictor(meta_checkpoint: dict, meta_export
     print(f"[meta video] mask IoU where objects appear (detector masks): {[(t, o, round(v, 4)) for t, o, v in new_ious]}")
     print(f"[meta video] mask IoU on tracked frames: {[(t, o, round(v, 4)) for t, o, v in tracked_ious]}")
     assert new_ious and min(v for *_, v in new_ious) >= 0.99, new_ious
-    worst = min((v for *_, v in tracked_ious), default=1.0)
+    # the frame after an object appears: tracked from the new object's memory and pointer alone
+    # (tracker semantics "meta"; with transformers' new-object path this was IoU 0.79)
+    following = [(t, o, v) for t, o, v in tracked_ious if t == first_seen[o] + 1]
+    assert following and min(v for *_, v in following) >= 0.99, following
+    later = [(t, o, v) for t, o, v in tracked_ious if t != first_seen[o] + 1]
+    worst = min((v for *_, v in later), default=1.0)
     if worst < 0.99:
         pytest.xfail(
-            f"tracked masks differ from Meta's (worst IoU {worst:.3f}; the same objects on every frame): Meta's tracker "
-            "(Sam3TrackerPredictor, memory selection on) vs the exported transformers tracker is not yet resolved, see docs/streaming.md"
+            f"tracked masks after an object was absent differ from Meta's (worst IoU {worst:.3f}, {later}; the first "
+            "tracked frame agrees): suspect Meta's memory selection (use_memory_selection: only frames with "
+            "object score > 0 feed the memory), not implemented; see docs/streaming.md"
         )

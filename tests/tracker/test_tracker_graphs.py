@@ -47,12 +47,39 @@ def test_init_graph_equals_use_mask_as_output(video, frame_features) -> None:
     masks = _random_masks(3, 64)
     masks[2] = 0  # an empty mask: absent object
     with torch.no_grad():
-        low, ptr, score = TrackerInitGraph(video.video)(f0, f1, vf, masks)
+        low, ptr, score = TrackerInitGraph(video.video, "transformers")(f0, f1, vf, masks)
         for i in range(3):
             ref = trk._use_mask_as_output(vf, [f0, f1], masks[i : i + 1])
             torch.testing.assert_close(low[i : i + 1], ref.pred_masks, rtol=0, atol=1e-5)
             torch.testing.assert_close(ptr[i : i + 1], ref.object_pointer.reshape(1, -1), rtol=0, atol=1e-5)
             torch.testing.assert_close(score[i : i + 1], ref.object_score_logits[:, 0], rtol=0, atol=0)
+
+
+def test_init_graph_meta_pointer_is_the_single_mask_token(video, frame_features) -> None:
+    """Tracker semantics "meta": the detection logits are resized to the tracker's input mask
+    size and thresholded at 0, and the pointer is the decoder's single-mask token, as Meta's
+    `_tracker_add_new_objects` -> `_use_mask_as_output` (SAM heads with multimask_output=False)."""
+    from medsam3_export.graphs.tracker import TrackerInitGraph
+
+    trk = video.video.tracker_model
+    f0, f1, vf = (frame_features[k] for k in gc.TRK_FEATURES)
+    logits = _random_masks(3, 64) * 4 - 2 + torch.randn(3, 1, 64, 64) * 0.5
+    logits[2] = -1  # an empty mask: absent object
+    side = 4 * trk.prompt_encoder.mask_input_size[0]
+    with torch.no_grad():
+        low, ptr, score = TrackerInitGraph(video.video, "meta")(f0, f1, vf, logits)
+        multi = TrackerInitGraph(video.video, "transformers")(f0, f1, vf, (logits >= 0).float())[1]
+        for i in range(2):
+            mask_in = (torch.nn.functional.interpolate(logits[i : i + 1], size=(side, side), mode="bilinear") > 0).float()
+            prompt = trk.mask_downsample(mask_in)
+            single = trk._single_frame_forward(input_masks=prompt, image_embeddings=[f0, f1, vf], multimask_output=False)
+            torch.testing.assert_close(ptr[i : i + 1], single.object_pointer.reshape(1, -1), rtol=0, atol=1e-5)
+            assert float(score[i]) == 10.0
+            expected_low = torch.nn.functional.interpolate(mask_in * 20 - 10, size=low.shape[-2:], mode="bilinear", antialias=True)
+            torch.testing.assert_close(low[i : i + 1], expected_low, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ptr[2:], trk.no_object_pointer, rtol=0, atol=0)  # absent: no-object pointer
+        assert float(score[2]) == -10.0
+    assert (ptr[:2] - multi[:2]).abs().max() > 1e-4, "the two semantics must pick different tokens (10x the tolerance above)"
 
 
 @pytest.mark.parametrize("binarize", [True, False])
