@@ -243,6 +243,53 @@ void suppress_shrunk(Planes& logits, const std::vector<int64_t>& groups, double 
     }
 }
 
+void pixelwise_non_overlap(Planes& logits) {
+    if (logits.n <= 1) return;
+    const int64_t px = logits.plane();
+    for (int64_t p = 0; p < px; ++p) {
+        int64_t win = 0;
+        float best = logits.at(0)[p];
+        for (int64_t a = 1; a < logits.n; ++a) {
+            if (logits.at(a)[p] > best) {  // np.argmax: the first maximum
+                best = logits.at(a)[p];
+                win = a;
+            }
+        }
+        for (int64_t a = 0; a < logits.n; ++a) {
+            if (a != win) logits.at(a)[p] = std::min(logits.at(a)[p], NO_OBJ_LOGIT);
+        }
+    }
+}
+
+Planes meta_new_object_memory(const Planes& det_logits, int64_t video_h, int64_t video_w, int64_t image_size, int64_t memory_size,
+                              std::vector<float>& scores) {
+    const int64_t n = det_logits.n, m = det_logits.h;
+    // the tracker's input mask: the logits resized (bilinear) to M and thresholded at 0
+    Planes inputs = resize_planes(det_logits, memory_size, memory_size, false);
+    scores.assign(size_t(n), -10.0f);
+    for (int64_t i = 0; i < n; ++i) {
+        float* v = inputs.at(i);
+        for (int64_t p = 0; p < inputs.plane(); ++p) {
+            v[p] = v[p] > 0.0f ? 1.0f : 0.0f;
+            if (v[p] > 0.0f) scores[size_t(i)] = 10.0f;
+        }
+    }
+    // kept at video resolution as +-1024 logits, then to m and to the image size
+    Planes video = resize_planes(inputs, video_h, video_w, true);
+    for (float& v : video.v) v = v > 0.5f ? 1024.0f : -1024.0f;
+    Planes high = resize_planes(resize_planes(video, m, m, true), image_size, image_size, false);
+    pixelwise_non_overlap(high);
+    for (float& v : high.v) v = v > 0.0f ? 1.0f : 0.0f;
+    // the binary mask's area fraction at M, passed as its logit (the encoder applies sigmoid)
+    Planes out = resize_planes(high, memory_size, memory_size, true);
+    for (float& p : out.v) {
+        const float q = std::min(1.0f, std::max(0.0f, p));  // a resize's rounding may step past 0 or 1
+        const float logit = std::log(q) - std::log1p(-q);   // +-inf at 1 and 0, clipped below
+        p = std::min(88.0f, std::max(-88.0f, logit));
+    }
+    return out;
+}
+
 void object_wise_non_overlap(std::vector<uint8_t>& masks, int64_t pixels, const std::vector<float>& scores,
                              const std::vector<int64_t>& groups) {
     const std::vector<uint8_t> in = masks;

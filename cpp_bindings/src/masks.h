@@ -49,6 +49,17 @@ void fill_holes(Planes& logits, int64_t max_area);
 // pixel-wise non-overlap constraint are clamped to <= -10. In place.
 void suppress_shrunk(Planes& logits, const std::vector<int64_t>& groups, double shrink_threshold = 0.3);
 
+// pixelwise_non_overlap: each pixel stays only in the highest plane (np.argmax: the first
+// maximum); the others are clamped to <= -10. In place; nothing for fewer than 2 planes.
+void pixelwise_non_overlap(Planes& logits);
+
+// meta_new_object_memory (medsam3_rt/tracker/masks.py): what Meta's video predictor encodes into
+// memory for objects added on one frame, from their detection logits (n x m x m) and the frame's
+// size. Returns the memory encoder's input (n x M x M, logits of the binary mask's area fractions,
+// clipped to +-88) and fills `scores` with +10 (non-empty mask at M) or -10.
+Planes meta_new_object_memory(const Planes& det_logits, int64_t video_h, int64_t video_w, int64_t image_size, int64_t memory_size,
+                              std::vector<float>& scores);
+
 // object_wise_non_overlap: per group, a pixel claimed by several masks goes to the highest score
 // (ties: the first object). masks: n x pixels, 0/1, in place.
 void object_wise_non_overlap(std::vector<uint8_t>& masks, int64_t pixels, const std::vector<float>& scores,

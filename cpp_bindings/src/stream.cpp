@@ -87,16 +87,15 @@ Stream::Stream(std::shared_ptr<const Manifest> manifest, std::shared_ptr<Backend
                          "); export a Sam3VideoModel checkpoint to track objects, or open the stream with mode MEDSAM3RT_STREAM_DETECT "
                          "for independent frames");
     }
-    // Tracker semantics "meta" (the exporter's default) adds objects as Meta's video predictor
-    // does (medsam3_rt.tracker.masks.meta_new_object_memory, tracker_init fed with logits); that
-    // host path is not in this runtime yet, so such exports are refused rather than run differently.
-    // Manifests without the field predate it and followed transformers.
+    // Tracker semantics (manifest tracker.semantics): "meta", the exporter's default, adds objects
+    // as Meta's video predictor does (tracker_init fed with the detection logits, the first memory
+    // from meta_new_object_memory); "transformers" as Sam3VideoModel. Manifests without the field
+    // predate it and followed transformers.
     const std::string semantics = tracker_string(m, "semantics", "transformers");
-    if (semantics != "transformers") {
-        throw ModelError("this export's tracker follows tracker semantics '" + semantics +
-                         "' (Meta's new-object path), which the C++ runtime does not implement yet; re-export with "
-                         "`medsam3-rt export ... --tracker-semantics transformers` to stream with it here");
+    if (semantics != "meta" && semantics != "transformers") {
+        throw ModelError("manifest 'tracker': semantics must be 'meta' or 'transformers', got '" + semantics + "'");
     }
+    meta_semantics_ = semantics == "meta";
     s_ = tracker_settings(m);
     if (options_.detection_threshold >= 0.0) s_.score_threshold_detection = options_.detection_threshold;
     if (options_.new_object_threshold >= 0.0) s_.new_det_thresh = options_.new_object_threshold;
@@ -191,7 +190,7 @@ FrameObjects Stream::push(const ImageView& image) {
         if (decision.recond.count(tracks[i]->obj_id)) tracks[i]->promote(t);
     }
     if (!tracks.empty()) encode_track_memories(tracks, decision, t);
-    const std::vector<ObjectTrack*> new_tracks = add_objects(tracks, step, decision, det, t);
+    const std::vector<ObjectTrack*> new_tracks = add_objects(tracks, step, decision, det, t, image.height, image.width);
     clock.lap(MERGE);
     // objects removed now and objects hidden on this frame are dropped before the non-overlap (as Meta)
     std::vector<int64_t> hidden = decision.removed;
@@ -275,18 +274,16 @@ void Stream::encode_track_memories(const std::vector<ObjectTrack*>& tracks, cons
 }
 
 std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& tracks, const Step& step, const MergeDecision& decision,
-                                              const Detections& det, int64_t t) {
+                                              const Detections& det, int64_t t, int64_t video_h, int64_t video_w) {
     const std::vector<int64_t>& new_dets = decision.new_dets;
     if (new_dets.empty()) return {};
     const int64_t n = static_cast<int64_t>(new_dets.size()), px = m_ * m_;
+    const Planes logits = take_rows(det.masks, new_dets);
     Planes binary(n, m_, m_);
-    for (int64_t k = 0; k < n; ++k) {
-        const float* d = det.masks.at(new_dets[k]);
-        float* dst = binary.at(k);
-        for (int64_t p = 0; p < px; ++p) dst[p] = d[p] >= 0.5f ? 1.0f : 0.0f;
-    }
+    for (int64_t p = 0; p < n * px; ++p) binary.v[size_t(p)] = logits.v[size_t(p)] >= 0.5f ? 1.0f : 0.0f;
     TrackerInitOutputs init;
-    session_->tracker_init(binary.v.data(), n, init);
+    // "meta": the graph thresholds the logits itself, after resizing them (as Meta does)
+    session_->tracker_init(meta_semantics_ ? logits.v.data() : binary.v.data(), n, init);
     std::vector<std::unique_ptr<ObjectTrack>> created;
     for (int64_t k = 0; k < n; ++k) {
         auto tr = std::make_unique<ObjectTrack>();
@@ -303,13 +300,22 @@ std::vector<ObjectTrack*> Stream::add_objects(const std::vector<ObjectTrack*>& t
     next_id_ = decision.new_obj_ids.back() + 1;
     const std::vector<int64_t>& rerun = decision.rerun;
     Planes hr_existing = rerun.empty() ? Planes(0, image_, image_) : resize_planes(take_rows(step.low, rerun), image_, image_, false);
-    Planes hr_new = resize_planes(binary, image_, image_, true);
-    for (float& v : hr_new.v) v = v * 20.0f - 10.0f;
-    const Planes hr = concat(hr_existing, hr_new);
     std::vector<float> scores;
     for (int64_t i : rerun) scores.push_back(step.score[i]);
-    scores.insert(scores.end(), init.object_score_logits.begin(), init.object_score_logits.end());
-    const auto bits = encode(hr, std::vector<uint8_t>(size_t(hr.n), 1), scores);
+    std::vector<std::vector<uint16_t>> new_bits;
+    Planes hr = hr_existing;
+    if (meta_semantics_) {  // Meta's first memory, not binarised again by the encoder
+        std::vector<float> new_scores;
+        const Planes mem_in = meta_new_object_memory(logits, video_h, video_w, image_, mem_size_, new_scores);
+        new_bits = encode(mem_in, std::vector<uint8_t>(size_t(n), 0), new_scores);
+    } else {
+        Planes hr_new = resize_planes(binary, image_, image_, true);
+        for (float& v : hr_new.v) v = v * 20.0f - 10.0f;
+        hr = concat(hr_existing, hr_new);
+        scores.insert(scores.end(), init.object_score_logits.begin(), init.object_score_logits.end());
+    }
+    auto bits = hr.n ? encode(hr, std::vector<uint8_t>(size_t(hr.n), 1), scores) : std::vector<std::vector<uint16_t>>{};
+    if (meta_semantics_) bits.insert(bits.end(), new_bits.begin(), new_bits.end());
     for (size_t k = 0; k < rerun.size(); ++k) {
         MemoryEntry* e = tracks[rerun[k]]->entry(t);
         if (e == nullptr) throw InternalError("track without an entry for this frame");

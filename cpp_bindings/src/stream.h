@@ -82,7 +82,7 @@ private:
     std::vector<std::vector<uint16_t>> encode(const Planes& masks, const std::vector<uint8_t>& binarize, const std::vector<float>& scores);
     void encode_track_memories(const std::vector<ObjectTrack*>& tracks, const MergeDecision& decision, int64_t t);
     std::vector<ObjectTrack*> add_objects(const std::vector<ObjectTrack*>& tracks, const Step& step, const MergeDecision& decision,
-                                          const Detections& det, int64_t t);
+                                          const Detections& det, int64_t t, int64_t video_h, int64_t video_w);
     FrameObjects outputs(int64_t h, int64_t w, const std::vector<ObjectTrack*>& tracks, const Step& step, const Planes& trk_masks,
                          const std::vector<ObjectTrack*>& new_tracks, const std::vector<int64_t>& new_dets, const Recond& recond,
                          const Detections& det, const std::vector<int64_t>& hidden, int64_t t);
@@ -99,6 +99,7 @@ private:
     TrackerSettings s_;
     PolicyConfig policy_;
     bool tracking_ = true;
+    bool meta_semantics_ = false;  // manifest tracker.semantics "meta": Meta's new-object path
     double frame_threshold_ = 0.5;  // detect mode: FrameDetector.threshold
     int64_t hw_ = 0, mem_ = 0, c_ = 0, m_ = 0, image_ = 0, mem_size_ = 0;
     int64_t max_objects_ = 0, max_cond_ = 0;

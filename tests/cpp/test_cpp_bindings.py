@@ -650,6 +650,18 @@ def video_pack(tiny_video_export: Path, tmp_path_factory: pytest.TempPathFactory
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_video_meta_export(tiny_video_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny video model with the exporter's default tracker semantics ("meta": Meta's
+    new-object path) and its prompt pack; `tiny_video_export` follows transformers."""
+    out = tmp_path_factory.mktemp("video-meta-export") / "tiny-video-meta"
+    cli("export", str(tiny_video_hf_dir), "--output", str(out), "--quiet", "--prompt-semantics", "transformers", check=True)
+    assert json.loads((out / "manifest.json").read_text())["tracker"]["semantics"] == "meta"
+    pack = out.parent / "video-meta.m3pack"
+    cli("prompts", "pack", str(out), "-o", str(pack), "-p", "liver", "-p", "polyp", check=True)
+    return out, pack
+
+
 POLICIES = {"meta": 0, "transformers": 1}  # medsam3rt_stream_policy
 
 
@@ -665,24 +677,42 @@ SHORT_HOTSTART = {
 
 
 @pytest.mark.parametrize(
-    ("policy", "max_objects", "short_hotstart"),
-    [("transformers", 0, False), ("meta", 0, False), ("meta", 2, False), ("meta", 0, True)],
-    ids=["transformers", "meta", "meta-cap2", "meta-short-hotstart"],
+    ("policy", "max_objects", "short_hotstart", "semantics"),
+    [
+        ("transformers", 0, False, "transformers"),
+        ("meta", 0, False, "transformers"),
+        ("meta", 2, False, "transformers"),
+        ("meta", 0, True, "transformers"),
+        ("meta", 0, False, "meta"),
+        ("meta", 0, True, "meta"),
+    ],
+    ids=["transformers", "meta", "meta-cap2", "meta-short-hotstart", "meta-semantics", "meta-semantics-short-hotstart"],
 )
 def test_c_api_stream_matches_python(
-    build: Path, tiny_video_export: Path, video_pack: Path, tmp_path: Path, policy: str, max_objects: int, short_hotstart: bool
+    request: pytest.FixtureRequest,
+    build: Path,
+    tiny_video_export: Path,
+    video_pack: Path,
+    tmp_path: Path,
+    policy: str,
+    max_objects: int,
+    short_hotstart: bool,
+    semantics: str,
 ) -> None:
-    """medsam3rt_stream_push tracks like Stream.push in both policies: same object ids, prompts, masks and
-    label maps (with a cap of 2 objects, mode "meta" evicts stale tracks for new ones; with a short hot
-    start, it removes young tracks and hides unconfirmed ones)."""
+    """medsam3rt_stream_push tracks like Stream.push in both policies and both tracker semantics:
+    same object ids, prompts, masks and label maps (with a cap of 2 objects, mode "meta" evicts
+    stale tracks for new ones; with a short hot start, it removes young tracks and hides
+    unconfirmed ones; tracker semantics "meta" adds objects with Meta's first memory)."""
     from test_streaming_parity import DETECTION_THRESHOLD, NEW_OBJECT_THRESHOLD
 
     import medsam3_rt
 
     export = tiny_video_export
+    if semantics == "meta":
+        export, video_pack = request.getfixturevalue("tiny_video_meta_export")
     if short_hotstart:
-        export = tmp_path / "short-hotstart"
-        shutil.copytree(tiny_video_export, export)
+        source, export = export, tmp_path / "short-hotstart"
+        shutil.copytree(source, export)
         manifest = json.loads((export / "manifest.json").read_text())
         manifest["tracker"].update(SHORT_HOTSTART)
         (export / "manifest.json").write_text(json.dumps(manifest, indent=1))
