@@ -146,6 +146,7 @@ def meta_new_object_memory(
     if n > 1:
         high = pixelwise_non_overlap(high)
     prob = resize((high > 0).astype(np.float32), (memory_size, memory_size), axes=(1, 2), antialias=True)
+    prob = np.clip(prob, 0.0, 1.0)  # a resize's float rounding may step past 1 (log1p would give NaN)
     with np.errstate(divide="ignore"):
         logit = np.log(prob) - np.log1p(-prob)
     return np.clip(logit, -88.0, 88.0).astype(np.float32)[:, None], scores
