@@ -311,6 +311,61 @@ def stage_export(work: Path, *, threads: int) -> Path:
     return out
 
 
+def stage_recover(work: Path, *, source: Path = DEMO_DIR / "model", threads: int) -> dict[str, Any]:
+    """The bundled detector's PyTorch weights, read back from its ONNX export into WORK/run/best.
+
+    The shipped model's torch checkpoint was not kept; retraining the detector costs an hour and
+    changes its 2D scores. A model of the recipe's architecture with distinct known weights is
+    exported as the reference that names every graph initializer (`medsam3_training.onnx_weights`),
+    the bundle's values replace the recipe's initial ones (parameters no graph holds keep them),
+    and the recovered model is exported again and compared initializer by initializer with the
+    bundle (the largest difference is recorded).
+    The split is redrawn from the recipe's seed (the same as the bundle's report, checked), and
+    the bundle's training record becomes WORK/training.json, so `evaluate` reports the training
+    that made these weights.
+    """
+    from medsam3_export import ExportOptions, LoadedCheckpoint, export_model
+
+    from ..checkpoints import save_checkpoint
+    from ..data.dataset import prepare_data
+    from ..data.split import SPLIT_FILE
+    from ..model import load_model
+    from ..onnx_weights import compare_exports, distinct_weights, recover_state_dict
+    from ..trainer import quiet_transformers
+
+    _set_threads(threads)
+    cfg = train_config(work)
+    scratch = work / "recover"
+    options = ExportOptions(overwrite=True, prompt_semantics=PROMPT_SEMANTICS)
+    with quiet_transformers():
+        loaded = load_model(cfg.model)
+    init = LoadedCheckpoint(loaded.detector.eval(), None, {**loaded.source, "class": type(loaded.detector).__name__})  # detector only
+    reference = distinct_weights(init.detector)
+    export_model(LoadedCheckpoint(reference, None, init.source), scratch / "reference", options=options, progress=lambda _m: None)
+    state, rec = recover_state_dict(reference, scratch / "reference", source, init.detector.state_dict())
+    init.detector.load_state_dict(state, strict=True)
+    run = work / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    prepare_data(cfg.data).save_split(run / SPLIT_FILE)
+    report = json.loads((source.parent / "report.json").read_text()) if (source.parent / "report.json").is_file() else {}
+    bundled_val = set(report.get("corpus", {}).get("split", {}).get("val_groups", []))
+    if bundled_val and bundled_val != _val_groups(work):
+        raise RuntimeError("the redrawn split differs from the bundle's report: the recipe's data or seed changed")
+    info = {"recovered_from": str(source), "prompt_semantics": PROMPT_SEMANTICS, "source": init.source, "missing": rec.missing}
+    save_checkpoint(run / "best", init, info=info, split_json=run / SPLIT_FILE)
+    export_model(run / "best", scratch / "check", options=options, progress=lambda _m: None)
+    worst = compare_exports(scratch / "check", source)
+    if report.get("training"):
+        (work / "training.json").write_text(json.dumps({**report["training"], "config": report.get("training_config")}, indent=1))
+    out = {"parameters_recovered": len(rec.sources), "parameters_not_in_graphs": rec.missing, "max_abs_difference": worst}
+    (scratch / "recovery.json").write_text(json.dumps(out, indent=1))
+    _say(
+        f"recovered {len(rec.sources)} parameters from {source} ({len(rec.missing)} not in the graphs keep their initial "
+        f"values); re-exported: largest initializer difference {worst:.3g}"
+    )
+    return out
+
+
 # ---- tracker ----------------------------------------------------------------------------------
 
 TRACKER_CONCEPTS = tuple(c for c in CONCEPTS if c != "brain")  # disjoint: one label volume holds them all
@@ -939,7 +994,7 @@ def stage_package(work: Path, *, dest: Path = DEMO_DIR) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medsam3_training.recipes.demo_brain", description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=("train", "tracker", "export", "evaluate", "package", "all"))
+    ap.add_argument("stage", choices=("train", "recover", "tracker", "export", "evaluate", "package", "all"))
     ap.add_argument("--work", default="runs/demo-brain", help="working folder (run, export, report)")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--tracker-steps", type=int, default=TRACKER_STEPS, help="tracker stage steps (one 4-slice clip each)")
@@ -954,6 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.stage in ("train", "all"):
         stage_train(work, steps=args.steps, threads=args.threads, resume=args.resume, smoke=args.smoke)
+    if args.stage == "recover":
+        stage_recover(work, threads=args.threads)
     if args.stage in ("tracker", "all"):
         stage_tracker(work, steps=2 if args.smoke else args.tracker_steps, threads=args.threads, smoke=args.smoke)
     if args.stage in ("export", "all"):
