@@ -228,6 +228,17 @@ def clip_tensors(clip: Clip, image_size: int, mask_size: int) -> tuple[torch.Ten
     return pixels, masks
 
 
+def group_clips(clips: list[Clip], objects: int) -> list[list[Clip]]:
+    """Clips on the same frames (one position of one volume axis or video, other concepts) in groups of at most `objects`."""
+    by_frames: dict[str, list[Clip]] = {}
+    for c in clips:
+        by_frames.setdefault(c.name.replace(f":{c.concept}:", ":", 1), []).append(c)
+    out = []
+    for same in by_frames.values():
+        out += [same[i : i + objects] for i in range(0, len(same), objects)]
+    return out
+
+
 def split_clips(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list[Clip], list[Clip]]:
     """Clips split by group (85/15, seed 42 in the recipe), as the image recipe splits slices."""
     from .data.split import draw_split

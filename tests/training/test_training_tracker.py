@@ -157,7 +157,7 @@ def test_tracker_learns_to_propagate_and_resumes(label_volume: Path, tmp_path: P
     with torch.no_grad():
         for clip in val_clips:
             px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
-            per.setdefault(clip.concept, []).append(propagation_dice(model(px, mk[:1]), mk)[0])
+            per.setdefault(clip.concept, []).append(propagation_dice(model(px, mk[:1]).object(0), mk)[0])
     assert np.mean([np.mean(v) for v in per.values()]) == pytest.approx(best, abs=0.5)
 
 
@@ -249,3 +249,29 @@ def test_video_folders_give_the_same_clips_as_the_volume(label_volume: Path, tmp
     (tmp_path / "masks" / "f000.png").unlink()
     with pytest.raises(InputError, match="f000.png: no mask named f000"):
         video_clips(tmp_path / "frames", tmp_path / "masks", labels)
+
+
+def test_objects_of_one_position_propagate_together_as_each_alone(label_volume: Path) -> None:
+    """clip.objects > 1 batches the concepts of one clip position; each object's output equals its own run."""
+    from medsam3_export import random_checkpoint
+    from medsam3_training.tracker_data import clip_tensors, group_clips, volume_clips
+    from medsam3_training.tracker_model import TrackerTrainingModel
+
+    labels = {i: c for i, c in enumerate(CONCEPTS, 1)}
+    clips = volume_clips(TEMPLATES / "ch2bet.nii.gz", label_volume, labels, length=3, stride=6, block=4, step=3)
+    groups = group_clips(clips, 2)
+    assert sorted(c.name for g in groups for c in g) == sorted(c.name for c in clips)
+    assert all(len(g) <= 2 and all(c.frames is g[0].frames or np.array_equal(c.frames, g[0].frames) for c in g) for g in groups)
+    group = next(g for g in groups if len(g) == 2)
+    assert group[0].concept != group[1].concept
+    model = TrackerTrainingModel(random_checkpoint("tiny", video=True, seed=0, init_std=0.1).video).eval()
+    tensors = [clip_tensors(c, model.image_size, model.low_res_size()) for c in group]
+    px = tensors[0][0]
+    with torch.no_grad():
+        together = model(px, torch.cat([mk[:1] for _, mk in tensors]))
+        assert together.objects == 2
+        for i, (_, mk) in enumerate(tensors):
+            alone = model(px, mk[:1]).object(0)
+            both = together.object(i)
+            for a, b in zip(alone.low_res + alone.score, both.low_res + both.score, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

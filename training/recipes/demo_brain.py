@@ -68,6 +68,8 @@ from typing import Any
 
 import numpy as np
 
+from medsam3_rt.errors import InputError
+
 from ..config import DatasetSpec, TrainConfig, from_dict
 from ..data.labels import LabelDictionary
 from ..data.sources import AXES, Annotation, SampleRef, Source, load_volume, take_slice, to_uint8_rgb, volume_to_uint8
@@ -372,7 +374,14 @@ TRACKER_CONCEPTS = tuple(c for c in CONCEPTS if c != "brain")  # disjoint: one l
 
 
 def tracker_labels(work: Path) -> Path:
-    """The tracker concepts of Colin27 as one label NIfTI on its grid (value i + 1 = TRACKER_CONCEPTS[i])."""
+    """The tracker concepts of Colin27 as one label NIfTI on its grid (value i + 1 = TRACKER_CONCEPTS[i]).
+
+    Written once per work folder (a deterministic function of the mricron data), so a copied work
+    folder trains where the atlas tools (scipy) are not installed.
+    """
+    out = work / "tracker-data" / "colin27_concepts.nii.gz"
+    if out.is_file():
+        return out
     import nibabel as nib
 
     from ..data.mricron import MricronSource
@@ -383,21 +392,29 @@ def tracker_labels(work: Path) -> Path:
     for i, concept in enumerate(TRACKER_CONCEPTS, 1):
         m = vols[concept] if concept in vols else np.isin(vols["aal"], src.groups[concept])
         lab[m & (lab == 0)] = i
-    out = work / "tracker-data" / "colin27_concepts.nii.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
     aal = nib.load(MRICRON / "aal.nii.gz")
     nib.save(nib.Nifti1Image(lab, aal.affine), out)
     return out
 
 
-def tracker_start(work: Path) -> Path:
-    """A demo-preset Sam3VideoModel whose detector is the trained one (run/best) and whose tracker is random."""
+def tracker_start(work: Path, init_from: Path | None = None) -> Path:
+    """A demo-preset Sam3VideoModel whose detector is the trained one (run/best) and whose tracker is random.
+
+    `init_from` (a Sam3VideoModel checkpoint of the preset, e.g. an earlier tracker/best) gives
+    the tracker (and tracker neck) weights to start from instead; the detector stays run/best's.
+    """
     from medsam3_export import load_checkpoint, random_checkpoint
 
     from ..checkpoints import TOKENIZER_FILES
 
     trained = load_checkpoint(work / "run" / "best")
-    video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
+    if init_from is not None:
+        video = load_checkpoint(init_from).video
+        if video is None:
+            raise InputError(f"--init-from {init_from}: not a video checkpoint (no tracker to start from)")
+    else:
+        video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
     video.detector_model.load_state_dict(trained.detector.state_dict(), strict=True)  # same preset: every key matches
     out = work / "tracker-start"
     video.save_pretrained(out)
@@ -407,7 +424,17 @@ def tracker_start(work: Path) -> Path:
     return out
 
 
-def tracker_config_dict(work: Path, start: Path, labels: Path, *, steps: int, smoke: bool) -> dict[str, Any]:
+def tracker_config_dict(
+    work: Path,
+    start: Path,
+    labels: Path,
+    *,
+    steps: int,
+    smoke: bool,
+    device: str = "cpu",
+    max_seconds: float | None = None,
+    validate_every: int | None = None,
+) -> dict[str, Any]:
     """Clips of 4 slices 2 mm apart along the three axes of Colin27 (T1 and skull-stripped).
 
     The detector's split holds for the tracker: clips inside its held-out blocks validate,
@@ -429,32 +456,55 @@ def tracker_config_dict(work: Path, start: Path, labels: Path, *, steps: int, sm
         "output_dir": str(work / "tracker"),
         "model": {"checkpoint": str(start), "prompt_semantics": PROMPT_SEMANTICS},
         "data": {"volumes": volumes, "val_fraction": 0.15, "split_seed": 42},
-        "clip": {"length": 4, "stride": 8 if smoke else 2, "split_block": 5},
+        "clip": {"length": 4, "stride": 8 if smoke else 2, "split_block": 5, "objects": len(TRACKER_CONCEPTS)},
         "train": {
             "steps": steps,
             "lr": 3e-4,
             "warmup_steps": 2 if smoke else 20,
-            "validate_every": steps if smoke else 100,
+            "validate_every": steps if smoke else (validate_every or 100),
             "log_every": 1 if smoke else 10,
             "grad_clip": 1.0,
             "dice": 5.0,
             "val_max_clips": 4 if smoke else 120,
+            "device": device,
+            "max_seconds": max_seconds,
         },
     }
 
 
-def stage_tracker(work: Path, *, steps: int, threads: int, smoke: bool) -> dict[str, Any]:
-    """Train the tracker on top of the trained, frozen detector (the tracker recipe, `--recipe tracker`)."""
+def stage_tracker(
+    work: Path,
+    *,
+    steps: int,
+    threads: int,
+    smoke: bool,
+    device: str = "cpu",
+    max_seconds: float | None = None,
+    resume: bool = False,
+    init_from: Path | None = None,
+    validate_every: int | None = None,
+) -> dict[str, Any]:
+    """Train the tracker on top of the trained, frozen detector (the tracker recipe, `--recipe tracker`).
+
+    `resume` continues WORK/tracker from its last/ state; `init_from` starts a new run from
+    another tracker checkpoint's tracker weights; `max_seconds` stops (validated, saved) early.
+    """
     from ..tracker_config import tracker_config
     from ..tracker_trainer import train_tracker
 
     _set_threads(threads)
     labels = tracker_labels(work)
-    start = tracker_start(work)
-    cfg = tracker_config(tracker_config_dict(work, start, labels, steps=steps, smoke=smoke))
+    start = work / "tracker-start" if resume else tracker_start(work, init_from)
+    cfg = tracker_config(
+        tracker_config_dict(
+            work, start, labels, steps=steps, smoke=smoke, device=device, max_seconds=max_seconds, validate_every=validate_every
+        )
+    )
     t0, c0 = time.perf_counter(), time.process_time()
-    result = train_tracker(cfg)
+    result = train_tracker(cfg, resume=resume)
     info = {
+        "device": cfg.train.device,
+        "init_from": str(init_from) if init_from is not None else None,
         "steps": result.steps,
         "wall_s": round(time.perf_counter() - t0, 1),
         "cpu_s": round(time.process_time() - c0, 1),
@@ -999,7 +1049,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--tracker-steps", type=int, default=TRACKER_STEPS, help="tracker stage steps (one 4-slice clip each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in WORK/run from its last/ state")
+    ap.add_argument("--resume", action="store_true", help="continue the run (train: WORK/run, tracker: WORK/tracker) from its last/ state")
+    ap.add_argument("--device", default="cpu", help="tracker stage: cpu, cuda, cuda:N or auto")
+    ap.add_argument("--validate-every", type=int, default=None, help="tracker stage: steps between validations (default 100)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="tracker stage: stop (validated, saved, resumable) after this long")
+    ap.add_argument(
+        "--init-from",
+        default=None,
+        help="tracker stage: start the tracker from this video checkpoint (an earlier tracker/best)",
+    )
+    ap.add_argument("--mricron", default=None, help=f"folder holding ch2, ch2bet, aal .nii.gz and aal.nii.txt (default {MRICRON})")
     ap.add_argument("--smoke", action="store_true", help="a few steps on a few slices (checks the plumbing)")
     ap.add_argument("--dest", default=str(DEMO_DIR), help="where `package` puts the model, samples and report")
     ap.add_argument("--max-images", type=int, default=None, help="evaluate at most this many images per dataset (quick checks)")
@@ -1007,12 +1066,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.mricron is not None:
+        globals()["MRICRON"] = Path(args.mricron).resolve()  # read at call time by every stage
     if args.stage in ("train", "all"):
         stage_train(work, steps=args.steps, threads=args.threads, resume=args.resume, smoke=args.smoke)
     if args.stage == "recover":
         stage_recover(work, threads=args.threads)
     if args.stage in ("tracker", "all"):
-        stage_tracker(work, steps=2 if args.smoke else args.tracker_steps, threads=args.threads, smoke=args.smoke)
+        stage_tracker(
+            work,
+            steps=2 if args.smoke else args.tracker_steps,
+            threads=args.threads,
+            smoke=args.smoke,
+            device=args.device,
+            max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+            resume=args.resume and args.stage == "tracker",
+            init_from=Path(args.init_from).resolve() if args.init_from else None,
+            validate_every=args.validate_every,
+        )
     if args.stage in ("export", "all"):
         stage_export(work, threads=args.threads)
     if args.stage in ("evaluate", "all"):
