@@ -27,7 +27,7 @@ from .checkpoints import TRAINER_STATE, read_trainer_state, rng_state, save_chec
 from .model import load_model
 from .optim import lr_factor
 from .tracker_config import TrackerTrainConfig
-from .tracker_data import Clip, clip_tensors, group_clips, split_clips, video_clips, volume_clips
+from .tracker_data import Clip, clip_masks, clip_tensors, group_clips, split_clips, video_clips, volume_clips
 from .tracker_model import TrackerLossWeights, TrackerTrainingModel, clip_loss, propagation_dice, trainable_parameters
 
 log = logging.getLogger(__name__)
@@ -248,9 +248,8 @@ def _group_loss(
     model: TrackerTrainingModel, group: list[Clip], device: torch.device, weights: TrackerLossWeights, prompt: DetectorPrompt | None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean clip loss of a group's objects, propagated together over their shared frames."""
-    tensors = [clip_tensors(c, model.image_size, model.low_res_size()) for c in group]
-    px = tensors[0][0].to(device)
-    masks = [mk.to(device) for _, mk in tensors]
+    px = clip_tensors(group[0], model.image_size, model.low_res_size())[0].to(device)  # the group's shared frames
+    masks = [clip_masks(c, model.low_res_size()).to(device) for c in group]
     out = model(px, torch.cat([first_mask(c, mk, prompt) for c, mk in zip(group, masks, strict=True)]))
     per = [clip_loss(out.object(i), mk, weights) for i, mk in enumerate(masks)]
     loss = torch.stack([x for x, _ in per]).mean()

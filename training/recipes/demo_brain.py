@@ -98,6 +98,7 @@ IMAGE_SOURCES = ("ch2", "ch2bet")
 PRESET = "demo"
 STEPS = 1000
 TRACKER_STEPS = 1500
+TRACKER_LR = 3e-4
 BATCH = 8
 TRAIN_STRIDE = 2
 SPLIT_BLOCK = 10
@@ -370,6 +371,7 @@ def stage_recover(work: Path, *, source: Path = DEMO_DIR / "model", threads: int
 
 # ---- tracker ----------------------------------------------------------------------------------
 
+TRACKER_PREFIXES = ("tracker_model.", "tracker_neck.")  # a Sam3VideoModel's trained parts (the detector is run/best)
 TRACKER_CONCEPTS = tuple(c for c in CONCEPTS if c != "brain")  # disjoint: one label volume holds them all
 
 
@@ -401,15 +403,26 @@ def tracker_labels(work: Path) -> Path:
 def tracker_start(work: Path, init_from: Path | None = None) -> Path:
     """A demo-preset Sam3VideoModel whose detector is the trained one (run/best) and whose tracker is random.
 
-    `init_from` (a Sam3VideoModel checkpoint of the preset, e.g. an earlier tracker/best) gives
-    the tracker (and tracker neck) weights to start from instead; the detector stays run/best's.
+    `init_from` gives the tracker (and tracker neck) weights to start from instead: a
+    Sam3VideoModel checkpoint of the preset (e.g. an earlier tracker/best), or a .safetensors
+    file holding only their `tracker_model.*` / `tracker_neck.*` tensors (what a run on a
+    borrowed GPU sends back, see docs/demo-model.md); the detector stays run/best's.
     """
     from medsam3_export import load_checkpoint, random_checkpoint
 
     from ..checkpoints import TOKENIZER_FILES
 
     trained = load_checkpoint(work / "run" / "best")
-    if init_from is not None:
+    if init_from is not None and init_from.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
+        weights = load_file(str(init_from))
+        expected = {k for k in video.state_dict() if k.startswith(TRACKER_PREFIXES)}
+        if set(weights) != expected:
+            raise InputError(f"--init-from {init_from}: not the {PRESET} preset's tracker weights (tracker_model.*, tracker_neck.*)")
+        video.load_state_dict(weights, strict=False)
+    elif init_from is not None:
         video = load_checkpoint(init_from).video
         if video is None:
             raise InputError(f"--init-from {init_from}: not a video checkpoint (no tracker to start from)")
@@ -424,6 +437,20 @@ def tracker_start(work: Path, init_from: Path | None = None) -> Path:
     return out
 
 
+def save_tracker_weights(checkpoint: Path, out: Path) -> Path:
+    """A video checkpoint's tracker and tracker-neck tensors alone (3 MB for the demo preset; the detector is run/best)."""
+    from medsam3_export import load_checkpoint
+    from safetensors.torch import save_file
+
+    video = load_checkpoint(checkpoint).video
+    if video is None:
+        raise InputError(f"{checkpoint}: not a video checkpoint (no tracker)")
+    state = {k: v.detach().cpu().contiguous() for k, v in video.state_dict().items() if k.startswith(TRACKER_PREFIXES)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out))
+    return out
+
+
 def tracker_config_dict(
     work: Path,
     start: Path,
@@ -434,6 +461,7 @@ def tracker_config_dict(
     device: str = "cpu",
     max_seconds: float | None = None,
     validate_every: int | None = None,
+    lr: float = TRACKER_LR,
 ) -> dict[str, Any]:
     """Clips of 4 slices 2 mm apart along the three axes of Colin27 (T1 and skull-stripped).
 
@@ -459,7 +487,7 @@ def tracker_config_dict(
         "clip": {"length": 4, "stride": 8 if smoke else 2, "split_block": 5, "objects": len(TRACKER_CONCEPTS)},
         "train": {
             "steps": steps,
-            "lr": 3e-4,
+            "lr": lr,
             "warmup_steps": 2 if smoke else 20,
             "validate_every": steps if smoke else (validate_every or 100),
             "log_every": 1 if smoke else 10,
@@ -483,6 +511,7 @@ def stage_tracker(
     resume: bool = False,
     init_from: Path | None = None,
     validate_every: int | None = None,
+    lr: float = TRACKER_LR,
 ) -> dict[str, Any]:
     """Train the tracker on top of the trained, frozen detector (the tracker recipe, `--recipe tracker`).
 
@@ -497,7 +526,7 @@ def stage_tracker(
     start = work / "tracker-start" if resume else tracker_start(work, init_from)
     cfg = tracker_config(
         tracker_config_dict(
-            work, start, labels, steps=steps, smoke=smoke, device=device, max_seconds=max_seconds, validate_every=validate_every
+            work, start, labels, steps=steps, smoke=smoke, device=device, max_seconds=max_seconds, validate_every=validate_every, lr=lr
         )
     )
     t0, c0 = time.perf_counter(), time.process_time()
@@ -1044,13 +1073,14 @@ def stage_package(work: Path, *, dest: Path = DEMO_DIR) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medsam3_training.recipes.demo_brain", description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=("train", "recover", "tracker", "export", "evaluate", "package", "all"))
+    ap.add_argument("stage", choices=("train", "recover", "tracker", "tracker-weights", "export", "evaluate", "package", "all"))
     ap.add_argument("--work", default="runs/demo-brain", help="working folder (run, export, report)")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--tracker-steps", type=int, default=TRACKER_STEPS, help="tracker stage steps (one 4-slice clip each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--resume", action="store_true", help="continue the run (train: WORK/run, tracker: WORK/tracker) from its last/ state")
     ap.add_argument("--device", default="cpu", help="tracker stage: cpu, cuda, cuda:N or auto")
+    ap.add_argument("--tracker-lr", type=float, default=TRACKER_LR, help="tracker stage: peak learning rate")
     ap.add_argument("--validate-every", type=int, default=None, help="tracker stage: steps between validations (default 100)")
     ap.add_argument("--max-minutes", type=float, default=None, help="tracker stage: stop (validated, saved, resumable) after this long")
     ap.add_argument(
@@ -1083,7 +1113,10 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume and args.stage == "tracker",
             init_from=Path(args.init_from).resolve() if args.init_from else None,
             validate_every=args.validate_every,
+            lr=args.tracker_lr,
         )
+    if args.stage == "tracker-weights":
+        _say(f"wrote {save_tracker_weights(work / 'tracker' / 'best', work / 'tracker_weights.safetensors')}")
     if args.stage in ("export", "all"):
         stage_export(work, threads=args.threads)
     if args.stage in ("evaluate", "all"):
