@@ -400,7 +400,7 @@ def tracker_labels(work: Path) -> Path:
     return out
 
 
-def tracker_start(work: Path, init_from: Path | None = None) -> Path:
+def tracker_start(work: Path, init_from: Path | None = None, *, local_init: bool = True) -> Path:
     """A demo-preset Sam3VideoModel whose detector is the trained one (run/best) and whose tracker is random.
 
     `init_from` gives the tracker (and tracker neck) weights to start from instead: a
@@ -411,6 +411,7 @@ def tracker_start(work: Path, init_from: Path | None = None) -> Path:
     from medsam3_export import load_checkpoint, random_checkpoint
 
     from ..checkpoints import TOKENIZER_FILES
+    from ..tracker_model import local_memory_init
 
     trained = load_checkpoint(work / "run" / "best")
     if init_from is not None and init_from.suffix == ".safetensors":
@@ -428,6 +429,8 @@ def tracker_start(work: Path, init_from: Path | None = None) -> Path:
             raise InputError(f"--init-from {init_from}: not a video checkpoint (no tracker to start from)")
     else:
         video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
+        if local_init:
+            local_memory_init(video)  # the memory read where it was written, mask first (tracker_model.local_memory_init)
     video.detector_model.load_state_dict(trained.detector.state_dict(), strict=True)  # same preset: every key matches
     out = work / "tracker-start"
     video.save_pretrained(out)
@@ -512,6 +515,7 @@ def stage_tracker(
     init_from: Path | None = None,
     validate_every: int | None = None,
     lr: float = TRACKER_LR,
+    local_init: bool = True,
 ) -> dict[str, Any]:
     """Train the tracker on top of the trained, frozen detector (the tracker recipe, `--recipe tracker`).
 
@@ -523,7 +527,7 @@ def stage_tracker(
 
     _set_threads(threads)
     labels = tracker_labels(work)
-    start = work / "tracker-start" if resume else tracker_start(work, init_from)
+    start = work / "tracker-start" if resume else tracker_start(work, init_from, local_init=local_init)
     cfg = tracker_config(
         tracker_config_dict(
             work, start, labels, steps=steps, smoke=smoke, device=device, max_seconds=max_seconds, validate_every=validate_every, lr=lr
@@ -533,6 +537,8 @@ def stage_tracker(
     result = train_tracker(cfg, resume=resume)
     info = {
         "device": cfg.train.device,
+        "tracker_init": "from " + str(init_from) if init_from is not None else ("local" if local_init else "random"),
+        "lr": lr,
         "init_from": str(init_from) if init_from is not None else None,
         "steps": result.steps,
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -1080,6 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--resume", action="store_true", help="continue the run (train: WORK/run, tracker: WORK/tracker) from its last/ state")
     ap.add_argument("--device", default="cpu", help="tracker stage: cpu, cuda, cuda:N or auto")
+    ap.add_argument("--tracker-init", choices=("local", "random"), default="local", help="tracker stage: a fresh tracker's initialisation")
     ap.add_argument("--tracker-lr", type=float, default=TRACKER_LR, help="tracker stage: peak learning rate")
     ap.add_argument("--validate-every", type=int, default=None, help="tracker stage: steps between validations (default 100)")
     ap.add_argument("--max-minutes", type=float, default=None, help="tracker stage: stop (validated, saved, resumable) after this long")
@@ -1114,6 +1121,7 @@ def main(argv: list[str] | None = None) -> int:
             init_from=Path(args.init_from).resolve() if args.init_from else None,
             validate_every=args.validate_every,
             lr=args.tracker_lr,
+            local_init=args.tracker_init == "local",
         )
     if args.stage == "tracker-weights":
         _say(f"wrote {save_tracker_weights(work / 'tracker' / 'best', work / 'tracker_weights.safetensors')}")
