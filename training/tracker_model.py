@@ -71,7 +71,12 @@ class ClipOutput:
 
 
 def local_memory_init(
-    video: nn.Module, amplitude: float = 2.2, min_frequency: float = 0.15, weight_scale: float = 0.2, image_in_memory: float = 0.1
+    video: nn.Module,
+    amplitude: float = 2.2,
+    min_frequency: float = 0.15,
+    weight_scale: float = 0.2,
+    image_in_memory: float = 0.1,
+    high_res: float = 0.1,
 ) -> list[int]:
     """Start the memory cross-attention looking at the same place in every memory frame, at the mask.
 
@@ -80,7 +85,10 @@ def local_memory_init(
     model) outweigh its mask features (0.86), so the memory reaches the mask decoder only as
     an image-dominated average: measured on the demo model, the tracked masks hardly depend on
     the prompted object after 150 steps (they learn a location prior). Here the memory
-    encoder's image projection is scaled by `image_in_memory`, and the cross-attention's query and key projections get a constant
+    encoder's image projection is scaled by `image_in_memory`; the mask decoder's high-resolution
+    image features (conv_s0 / conv_s1, added to the upscaled memory-conditioned embedding: mean
+    |x| 1.8-2.6 against 0.3-0.9) by `high_res`, so the upscaled masks start from the memory;
+    and the cross-attention's query and key projections get a constant
     bias on the rotary dimensions of high spatial frequency (and their weights are scaled
     down): with rotary position encoding, equal constant queries and keys score
     sum_d b_d^2 cos(theta_d * offset), largest at offset 0, so each position starts by reading
@@ -100,9 +108,13 @@ def local_memory_init(
         theta = torch.arccos(cos[one].clamp(-1, 1))
         dims += [d for d in range(cos.shape[1]) if float(theta[d]) >= min_frequency and d not in dims]
     with torch.no_grad():
-        proj = video.tracker_model.memory_encoder.feature_projection
-        proj.weight.mul_(image_in_memory)
-        proj.bias.mul_(image_in_memory)
+        for conv, scale in (
+            (video.tracker_model.memory_encoder.feature_projection, image_in_memory),
+            (video.tracker_model.mask_decoder.conv_s0, high_res),
+            (video.tracker_model.mask_decoder.conv_s1, high_res),
+        ):
+            conv.weight.mul_(scale)
+            conv.bias.mul_(scale)
         for layer in video.tracker_model.memory_attention.layers:
             attn = layer.cross_attn_image
             for proj in (attn.q_proj, attn.k_proj):
