@@ -275,3 +275,32 @@ def test_objects_of_one_position_propagate_together_as_each_alone(label_volume: 
             both = together.object(i)
             for a, b in zip(alone.low_res + alone.score, both.low_res + both.score, strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_local_memory_init_reads_the_memory_where_it_was_written() -> None:
+    """The memory cross-attention starts peaked at each position's own location; the image paths start scaled down."""
+    from medsam3_export import random_checkpoint
+    from medsam3_export.graphs.tracker import TrackerStepGraph
+    from medsam3_training.tracker_model import local_memory_init
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import rotate_pairwise
+
+    video = random_checkpoint("tiny", video=True, seed=0, init_std=0.1).video
+    trk = video.tracker_model
+    before = {
+        n: trk.mask_decoder.conv_s0.weight.clone() if n == "s0" else trk.memory_encoder.feature_projection.weight.clone()
+        for n in ("s0", "fp")
+    }
+    dims = local_memory_init(video)
+    assert dims and len(dims) < trk.memory_attention.layers[0].cross_attn_image.head_dim
+    torch.testing.assert_close(trk.mask_decoder.conv_s0.weight, 0.1 * before["s0"])
+    torch.testing.assert_close(trk.memory_encoder.feature_projection.weight, 0.1 * before["fp"])
+    graph = TrackerStepGraph(video)
+    cos, sin = graph.rope_cos[0], graph.rope_sin[0]
+    for layer in trk.memory_attention.layers:
+        attn = layer.cross_attn_image
+        q, k = (p.bias.detach() for p in (attn.q_proj, attn.k_proj))  # the constant part of queries and keys
+        qr = q * cos + rotate_pairwise(q[None])[0] * sin  # (HW, hd) at every position
+        kr = k * cos + rotate_pairwise(k[None])[0] * sin
+        weights = torch.softmax(qr @ kr.T * attn.scaling, dim=-1)  # (HW query, HW key)
+        assert torch.equal(weights.argmax(dim=1), torch.arange(weights.shape[0]))  # each position reads its own
+        assert float(weights.diagonal().min()) > 0.1  # and sharply: > 25x a uniform weight at 16 x 16
