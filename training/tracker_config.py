@@ -79,8 +79,14 @@ class ClipConfig:
     # truth: frame 0 is prompted with its ground-truth mask; detector: with the frozen detector's
     # top-1 mask for the concept's text (as a streamed video starts), the truth where it finds nothing
     prompt: str = "truth"
+    # objects tracked together per training step: the concepts of one clip position share its
+    # frames (and the frozen ViT's features), so a step propagates up to this many of them side
+    # by side, as the runtime batches a frame's objects (1: one concept per step)
+    objects: int = 1
 
     def __post_init__(self) -> None:
+        if self.objects < 1:
+            raise ConfigError(f"clip.objects must be >= 1, got {self.objects}")
         if self.prompt not in ("truth", "detector"):
             raise ConfigError(f"clip.prompt must be truth or detector, got {self.prompt!r}")
         if self.length < 2:
@@ -104,11 +110,19 @@ class TrackerLoopConfig:
     dice: float = 1.0
     iou: float = 1.0
     object_score: float = 1.0
+    device: str = "cpu"  # cpu, cuda (cuda:N) or auto (cuda when available)
+    # stop after this many seconds of the run (validated and saved there; --resume continues):
+    # for a fixed slot on a borrowed accelerator
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"train.max_seconds must be > 0, got {self.max_seconds}")
 
 
 @dataclass(frozen=True)

@@ -223,9 +223,24 @@ def clip_tensors(clip: Clip, image_size: int, mask_size: int) -> tuple[torch.Ten
     """(T, 3, S, S) backbone inputs (the runtime's preprocessing) and (T, 1, m, m) float masks."""
     pre = Preprocess(image_size=image_size)
     pixels = torch.from_numpy(np.concatenate([pixel_values(f, pre) for f in clip.frames]))
+    return pixels, clip_masks(clip, mask_size)
+
+
+def clip_masks(clip: Clip, mask_size: int) -> torch.Tensor:
+    """(T, 1, m, m) float masks in {0, 1} at the tracker's low-resolution mask size."""
     masks = torch.from_numpy(clip.masks.astype(np.float32))[:, None]
-    masks = (F.interpolate(masks, size=(mask_size, mask_size), mode="area") > 0.5).float()
-    return pixels, masks
+    return (F.interpolate(masks, size=(mask_size, mask_size), mode="area") > 0.5).float()
+
+
+def group_clips(clips: list[Clip], objects: int) -> list[list[Clip]]:
+    """Clips on the same frames (one position of one volume axis or video, other concepts) in groups of at most `objects`."""
+    by_frames: dict[str, list[Clip]] = {}
+    for c in clips:
+        by_frames.setdefault(c.name.replace(f":{c.concept}:", ":", 1), []).append(c)
+    out = []
+    for same in by_frames.values():
+        out += [same[i : i + objects] for i in range(0, len(same), objects)]
+    return out
 
 
 def split_clips(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list[Clip], list[Clip]]:

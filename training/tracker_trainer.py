@@ -27,7 +27,7 @@ from .checkpoints import TRAINER_STATE, read_trainer_state, rng_state, save_chec
 from .model import load_model
 from .optim import lr_factor
 from .tracker_config import TrackerTrainConfig
-from .tracker_data import Clip, clip_tensors, split_clips, video_clips, volume_clips
+from .tracker_data import Clip, clip_masks, clip_tensors, group_clips, split_clips, video_clips, volume_clips
 from .tracker_model import TrackerLossWeights, TrackerTrainingModel, clip_loss, propagation_dice, trainable_parameters
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class DetectorPrompt:
 
 def first_mask(clip: Clip, masks: torch.Tensor, prompt: DetectorPrompt | None) -> torch.Tensor:
     """(1, 1, m, m) prompt of frame 0: the ground truth, or the detector's mask."""
-    return masks[:1] if prompt is None else prompt(clip, masks[:1])
+    return masks[:1] if prompt is None else prompt(clip, masks[:1].cpu()).to(masks.device)
 
 
 def validate(
@@ -113,10 +113,11 @@ def validate(
     losses = []
     fallbacks = prompt.fallbacks if prompt is not None else 0
     model.eval()
+    dev = model.device
     with torch.no_grad():
         for clip in clips:
-            px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
-            out = model(px, first_mask(clip, mk, prompt))
+            px, mk = (x.to(dev) for x in clip_tensors(clip, model.image_size, model.low_res_size()))
+            out = model(px, first_mask(clip, mk, prompt)).object(0)
             per.setdefault(clip.concept, []).append(propagation_dice(out, mk)[0])
             losses.append(float(clip_loss(out, mk, weights)[0]))
     model.train()
@@ -150,7 +151,8 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
     params = trainable_parameters(ckpt.video)
     for p in params:
         p.requires_grad_(True)
-    model = TrackerTrainingModel(ckpt.video)
+    device = resolve_device(cfg.train.device)
+    model = TrackerTrainingModel(ckpt.video).to(device)
     model.train()
     ckpt.video.detector_model.eval()
     t = cfg.train
@@ -174,8 +176,9 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
     if not history:
         history.append({"step": 0, **validate(model, val_clips, weights, prompt)})
     initial = history[0]["dice"]
-    rng = np.random.default_rng(t.seed)  # epoch after epoch, a fresh permutation of the clips
-    order = np.concatenate([rng.permutation(len(train_clips)) for _ in range(t.steps // len(train_clips) + 1)])
+    groups = group_clips(train_clips, cfg.clip.objects)  # one clip per group when clip.objects is 1
+    rng = np.random.default_rng(t.seed)  # epoch after epoch, a fresh permutation of the groups
+    order = np.concatenate([rng.permutation(len(groups)) for _ in range(t.steps // len(groups) + 1)])
     csv_path = out / "metrics.csv"
     new_csv = not csv_path.exists() or not resume
     losses: list[float] = []
@@ -185,9 +188,7 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
         if new_csv:
             writer.writerow(["step", "loss", "focal", "dice", "iou", "object_score", "lr", "seconds"])
         while step < t.steps:
-            clip = train_clips[int(order[step])]
-            px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
-            loss, stats = clip_loss(model(px, first_mask(clip, mk, prompt)), mk, weights)
+            loss, stats = _group_loss(model, groups[int(order[step])], device, weights, prompt)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -209,7 +210,8 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
                     ]
                 )
                 fh.flush()
-            if step % t.validate_every == 0 or step == t.steps:
+            out_of_time = t.max_seconds is not None and time.perf_counter() - t0 >= t.max_seconds
+            if step % t.validate_every == 0 or step == t.steps or out_of_time:
                 summary = validate(model, val_clips, weights, prompt)
                 history.append({"step": step, **summary})
                 with (out / "validation.jsonl").open("a") as vf:
@@ -227,6 +229,9 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
                     "best": best,
                 }
                 save_checkpoint(last, ckpt, info=info, tokenizer_dir=tokenizer_dir, trainer_state=state)
+            if out_of_time:
+                log.warning("train.max_seconds reached after %d of %d steps; --resume continues the run", step, t.steps)
+                break
     return TrackerTrainResult(
         str(out),
         step,
@@ -237,6 +242,28 @@ def train_tracker(cfg: TrackerTrainConfig, *, resume: bool = False) -> TrackerTr
         history,
         time.perf_counter() - t0,
     )
+
+
+def _group_loss(
+    model: TrackerTrainingModel, group: list[Clip], device: torch.device, weights: TrackerLossWeights, prompt: DetectorPrompt | None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean clip loss of a group's objects, propagated together over their shared frames."""
+    px = clip_tensors(group[0], model.image_size, model.low_res_size())[0].to(device)  # the group's shared frames
+    masks = [clip_masks(c, model.low_res_size()).to(device) for c in group]
+    out = model(px, torch.cat([first_mask(c, mk, prompt) for c, mk in zip(group, masks, strict=True)]))
+    per = [clip_loss(out.object(i), mk, weights) for i, mk in enumerate(masks)]
+    loss = torch.stack([x for x, _ in per]).mean()
+    stats = {k: float(np.mean([s[k] for _, s in per])) for k in per[0][1]}
+    return loss, stats
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu, cuda, cuda:N, or auto (cuda when torch sees one); a missing GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"train.device {name}: torch sees no CUDA device here (use cpu or auto)")
+    return torch.device(name)
 
 
 def _resume_model(cfg: TrackerTrainConfig, last: Path):

@@ -157,7 +157,7 @@ def test_tracker_learns_to_propagate_and_resumes(label_volume: Path, tmp_path: P
     with torch.no_grad():
         for clip in val_clips:
             px, mk = clip_tensors(clip, model.image_size, model.low_res_size())
-            per.setdefault(clip.concept, []).append(propagation_dice(model(px, mk[:1]), mk)[0])
+            per.setdefault(clip.concept, []).append(propagation_dice(model(px, mk[:1]).object(0), mk)[0])
     assert np.mean([np.mean(v) for v in per.values()]) == pytest.approx(best, abs=0.5)
 
 
@@ -249,3 +249,58 @@ def test_video_folders_give_the_same_clips_as_the_volume(label_volume: Path, tmp
     (tmp_path / "masks" / "f000.png").unlink()
     with pytest.raises(InputError, match="f000.png: no mask named f000"):
         video_clips(tmp_path / "frames", tmp_path / "masks", labels)
+
+
+def test_objects_of_one_position_propagate_together_as_each_alone(label_volume: Path) -> None:
+    """clip.objects > 1 batches the concepts of one clip position; each object's output equals its own run."""
+    from medsam3_export import random_checkpoint
+    from medsam3_training.tracker_data import clip_tensors, group_clips, volume_clips
+    from medsam3_training.tracker_model import TrackerTrainingModel
+
+    labels = {i: c for i, c in enumerate(CONCEPTS, 1)}
+    clips = volume_clips(TEMPLATES / "ch2bet.nii.gz", label_volume, labels, length=3, stride=6, block=4, step=3)
+    groups = group_clips(clips, 2)
+    assert sorted(c.name for g in groups for c in g) == sorted(c.name for c in clips)
+    assert all(len(g) <= 2 and all(c.frames is g[0].frames or np.array_equal(c.frames, g[0].frames) for c in g) for g in groups)
+    group = next(g for g in groups if len(g) == 2)
+    assert group[0].concept != group[1].concept
+    model = TrackerTrainingModel(random_checkpoint("tiny", video=True, seed=0, init_std=0.1).video).eval()
+    tensors = [clip_tensors(c, model.image_size, model.low_res_size()) for c in group]
+    px = tensors[0][0]
+    with torch.no_grad():
+        together = model(px, torch.cat([mk[:1] for _, mk in tensors]))
+        assert together.objects == 2
+        for i, (_, mk) in enumerate(tensors):
+            alone = model(px, mk[:1]).object(0)
+            both = together.object(i)
+            for a, b in zip(alone.low_res + alone.score, both.low_res + both.score, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_local_memory_init_reads_the_memory_where_it_was_written() -> None:
+    """The memory cross-attention starts peaked at each position's own location; the image paths start scaled down."""
+    from medsam3_export import random_checkpoint
+    from medsam3_export.graphs.tracker import TrackerStepGraph
+    from medsam3_training.tracker_model import local_memory_init
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import rotate_pairwise
+
+    video = random_checkpoint("tiny", video=True, seed=0, init_std=0.1).video
+    trk = video.tracker_model
+    before = {
+        n: trk.mask_decoder.conv_s0.weight.clone() if n == "s0" else trk.memory_encoder.feature_projection.weight.clone()
+        for n in ("s0", "fp")
+    }
+    dims = local_memory_init(video)
+    assert dims and len(dims) < trk.memory_attention.layers[0].cross_attn_image.head_dim
+    torch.testing.assert_close(trk.mask_decoder.conv_s0.weight, 0.1 * before["s0"])
+    torch.testing.assert_close(trk.memory_encoder.feature_projection.weight, 0.1 * before["fp"])
+    graph = TrackerStepGraph(video)
+    cos, sin = graph.rope_cos[0], graph.rope_sin[0]
+    for layer in trk.memory_attention.layers:
+        attn = layer.cross_attn_image
+        q, k = (p.bias.detach() for p in (attn.q_proj, attn.k_proj))  # the constant part of queries and keys
+        qr = q * cos + rotate_pairwise(q[None])[0] * sin  # (HW, hd) at every position
+        kr = k * cos + rotate_pairwise(k[None])[0] * sin
+        weights = torch.softmax(qr @ kr.T * attn.scaling, dim=-1)  # (HW query, HW key)
+        assert torch.equal(weights.argmax(dim=1), torch.arange(weights.shape[0]))  # each position reads its own
+        assert float(weights.diagonal().min()) > 0.1  # and sharply: > 25x a uniform weight at 16 x 16

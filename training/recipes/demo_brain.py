@@ -68,6 +68,8 @@ from typing import Any
 
 import numpy as np
 
+from medsam3_rt.errors import InputError
+
 from ..config import DatasetSpec, TrainConfig, from_dict
 from ..data.labels import LabelDictionary
 from ..data.sources import AXES, Annotation, SampleRef, Source, load_volume, take_slice, to_uint8_rgb, volume_to_uint8
@@ -96,6 +98,7 @@ IMAGE_SOURCES = ("ch2", "ch2bet")
 PRESET = "demo"
 STEPS = 1000
 TRACKER_STEPS = 1500
+TRACKER_LR = 3e-4
 BATCH = 8
 TRAIN_STRIDE = 2
 SPLIT_BLOCK = 10
@@ -311,13 +314,76 @@ def stage_export(work: Path, *, threads: int) -> Path:
     return out
 
 
+def stage_recover(work: Path, *, source: Path = DEMO_DIR / "model", threads: int) -> dict[str, Any]:
+    """The bundled detector's PyTorch weights, read back from its ONNX export into WORK/run/best.
+
+    The shipped model's torch checkpoint was not kept; retraining the detector costs an hour and
+    changes its 2D scores. A model of the recipe's architecture with distinct known weights is
+    exported as the reference that names every graph initializer (`medsam3_training.onnx_weights`),
+    the bundle's values replace the recipe's initial ones (parameters no graph holds keep them),
+    and the recovered model is exported again and compared initializer by initializer with the
+    bundle (the largest difference is recorded).
+    The split is redrawn from the recipe's seed (the same as the bundle's report, checked), and
+    the bundle's training record becomes WORK/training.json, so `evaluate` reports the training
+    that made these weights.
+    """
+    from medsam3_export import ExportOptions, LoadedCheckpoint, export_model
+
+    from ..checkpoints import save_checkpoint
+    from ..data.dataset import prepare_data
+    from ..data.split import SPLIT_FILE
+    from ..model import load_model
+    from ..onnx_weights import compare_exports, distinct_weights, recover_state_dict
+    from ..trainer import quiet_transformers
+
+    _set_threads(threads)
+    cfg = train_config(work)
+    scratch = work / "recover"
+    options = ExportOptions(overwrite=True, prompt_semantics=PROMPT_SEMANTICS)
+    with quiet_transformers():
+        loaded = load_model(cfg.model)
+    init = LoadedCheckpoint(loaded.detector.eval(), None, {**loaded.source, "class": type(loaded.detector).__name__})  # detector only
+    reference = distinct_weights(init.detector)
+    export_model(LoadedCheckpoint(reference, None, init.source), scratch / "reference", options=options, progress=lambda _m: None)
+    state, rec = recover_state_dict(reference, scratch / "reference", source, init.detector.state_dict())
+    init.detector.load_state_dict(state, strict=True)
+    run = work / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    prepare_data(cfg.data).save_split(run / SPLIT_FILE)
+    report = json.loads((source.parent / "report.json").read_text()) if (source.parent / "report.json").is_file() else {}
+    bundled_val = set(report.get("corpus", {}).get("split", {}).get("val_groups", []))
+    if bundled_val and bundled_val != _val_groups(work):
+        raise RuntimeError("the redrawn split differs from the bundle's report: the recipe's data or seed changed")
+    info = {"recovered_from": str(source), "prompt_semantics": PROMPT_SEMANTICS, "source": init.source, "missing": rec.missing}
+    save_checkpoint(run / "best", init, info=info, split_json=run / SPLIT_FILE)
+    export_model(run / "best", scratch / "check", options=options, progress=lambda _m: None)
+    worst = compare_exports(scratch / "check", source)
+    if report.get("training"):
+        (work / "training.json").write_text(json.dumps({**report["training"], "config": report.get("training_config")}, indent=1))
+    out = {"parameters_recovered": len(rec.sources), "parameters_not_in_graphs": rec.missing, "max_abs_difference": worst}
+    (scratch / "recovery.json").write_text(json.dumps(out, indent=1))
+    _say(
+        f"recovered {len(rec.sources)} parameters from {source} ({len(rec.missing)} not in the graphs keep their initial "
+        f"values); re-exported: largest initializer difference {worst:.3g}"
+    )
+    return out
+
+
 # ---- tracker ----------------------------------------------------------------------------------
 
+TRACKER_PREFIXES = ("tracker_model.", "tracker_neck.")  # a Sam3VideoModel's trained parts (the detector is run/best)
 TRACKER_CONCEPTS = tuple(c for c in CONCEPTS if c != "brain")  # disjoint: one label volume holds them all
 
 
 def tracker_labels(work: Path) -> Path:
-    """The tracker concepts of Colin27 as one label NIfTI on its grid (value i + 1 = TRACKER_CONCEPTS[i])."""
+    """The tracker concepts of Colin27 as one label NIfTI on its grid (value i + 1 = TRACKER_CONCEPTS[i]).
+
+    Written once per work folder (a deterministic function of the mricron data), so a copied work
+    folder trains where the atlas tools (scipy) are not installed.
+    """
+    out = work / "tracker-data" / "colin27_concepts.nii.gz"
+    if out.is_file():
+        return out
     import nibabel as nib
 
     from ..data.mricron import MricronSource
@@ -328,21 +394,43 @@ def tracker_labels(work: Path) -> Path:
     for i, concept in enumerate(TRACKER_CONCEPTS, 1):
         m = vols[concept] if concept in vols else np.isin(vols["aal"], src.groups[concept])
         lab[m & (lab == 0)] = i
-    out = work / "tracker-data" / "colin27_concepts.nii.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
     aal = nib.load(MRICRON / "aal.nii.gz")
     nib.save(nib.Nifti1Image(lab, aal.affine), out)
     return out
 
 
-def tracker_start(work: Path) -> Path:
-    """A demo-preset Sam3VideoModel whose detector is the trained one (run/best) and whose tracker is random."""
+def tracker_start(work: Path, init_from: Path | None = None, *, local_init: bool = True) -> Path:
+    """A demo-preset Sam3VideoModel whose detector is the trained one (run/best) and whose tracker is random.
+
+    `init_from` gives the tracker (and tracker neck) weights to start from instead: a
+    Sam3VideoModel checkpoint of the preset (e.g. an earlier tracker/best), or a .safetensors
+    file holding only their `tracker_model.*` / `tracker_neck.*` tensors (what a run on a
+    borrowed GPU sends back, see docs/demo-model.md); the detector stays run/best's.
+    """
     from medsam3_export import load_checkpoint, random_checkpoint
 
     from ..checkpoints import TOKENIZER_FILES
+    from ..tracker_model import local_memory_init
 
     trained = load_checkpoint(work / "run" / "best")
-    video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
+    if init_from is not None and init_from.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
+        weights = load_file(str(init_from))
+        expected = {k for k in video.state_dict() if k.startswith(TRACKER_PREFIXES)}
+        if set(weights) != expected:
+            raise InputError(f"--init-from {init_from}: not the {PRESET} preset's tracker weights (tracker_model.*, tracker_neck.*)")
+        video.load_state_dict(weights, strict=False)
+    elif init_from is not None:
+        video = load_checkpoint(init_from).video
+        if video is None:
+            raise InputError(f"--init-from {init_from}: not a video checkpoint (no tracker to start from)")
+    else:
+        video = random_checkpoint(PRESET, video=True, seed=0, init_std=0.1).video
+        if local_init:
+            local_memory_init(video)  # the memory read where it was written, mask first (tracker_model.local_memory_init)
     video.detector_model.load_state_dict(trained.detector.state_dict(), strict=True)  # same preset: every key matches
     out = work / "tracker-start"
     video.save_pretrained(out)
@@ -352,7 +440,32 @@ def tracker_start(work: Path) -> Path:
     return out
 
 
-def tracker_config_dict(work: Path, start: Path, labels: Path, *, steps: int, smoke: bool) -> dict[str, Any]:
+def save_tracker_weights(checkpoint: Path, out: Path) -> Path:
+    """A video checkpoint's tracker and tracker-neck tensors alone (3 MB for the demo preset; the detector is run/best)."""
+    from medsam3_export import load_checkpoint
+    from safetensors.torch import save_file
+
+    video = load_checkpoint(checkpoint).video
+    if video is None:
+        raise InputError(f"{checkpoint}: not a video checkpoint (no tracker)")
+    state = {k: v.detach().cpu().contiguous() for k, v in video.state_dict().items() if k.startswith(TRACKER_PREFIXES)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out))
+    return out
+
+
+def tracker_config_dict(
+    work: Path,
+    start: Path,
+    labels: Path,
+    *,
+    steps: int,
+    smoke: bool,
+    device: str = "cpu",
+    max_seconds: float | None = None,
+    validate_every: int | None = None,
+    lr: float = TRACKER_LR,
+) -> dict[str, Any]:
     """Clips of 4 slices 2 mm apart along the three axes of Colin27 (T1 and skull-stripped).
 
     The detector's split holds for the tracker: clips inside its held-out blocks validate,
@@ -374,32 +487,59 @@ def tracker_config_dict(work: Path, start: Path, labels: Path, *, steps: int, sm
         "output_dir": str(work / "tracker"),
         "model": {"checkpoint": str(start), "prompt_semantics": PROMPT_SEMANTICS},
         "data": {"volumes": volumes, "val_fraction": 0.15, "split_seed": 42},
-        "clip": {"length": 4, "stride": 8 if smoke else 2, "split_block": 5},
+        "clip": {"length": 4, "stride": 8 if smoke else 2, "split_block": 5, "objects": len(TRACKER_CONCEPTS)},
         "train": {
             "steps": steps,
-            "lr": 3e-4,
+            "lr": lr,
             "warmup_steps": 2 if smoke else 20,
-            "validate_every": steps if smoke else 100,
+            "validate_every": steps if smoke else (validate_every or 100),
             "log_every": 1 if smoke else 10,
             "grad_clip": 1.0,
             "dice": 5.0,
             "val_max_clips": 4 if smoke else 120,
+            "device": device,
+            "max_seconds": max_seconds,
         },
     }
 
 
-def stage_tracker(work: Path, *, steps: int, threads: int, smoke: bool) -> dict[str, Any]:
-    """Train the tracker on top of the trained, frozen detector (the tracker recipe, `--recipe tracker`)."""
+def stage_tracker(
+    work: Path,
+    *,
+    steps: int,
+    threads: int,
+    smoke: bool,
+    device: str = "cpu",
+    max_seconds: float | None = None,
+    resume: bool = False,
+    init_from: Path | None = None,
+    validate_every: int | None = None,
+    lr: float = TRACKER_LR,
+    local_init: bool = True,
+) -> dict[str, Any]:
+    """Train the tracker on top of the trained, frozen detector (the tracker recipe, `--recipe tracker`).
+
+    `resume` continues WORK/tracker from its last/ state; `init_from` starts a new run from
+    another tracker checkpoint's tracker weights; `max_seconds` stops (validated, saved) early.
+    """
     from ..tracker_config import tracker_config
     from ..tracker_trainer import train_tracker
 
     _set_threads(threads)
     labels = tracker_labels(work)
-    start = tracker_start(work)
-    cfg = tracker_config(tracker_config_dict(work, start, labels, steps=steps, smoke=smoke))
+    start = work / "tracker-start" if resume else tracker_start(work, init_from, local_init=local_init)
+    cfg = tracker_config(
+        tracker_config_dict(
+            work, start, labels, steps=steps, smoke=smoke, device=device, max_seconds=max_seconds, validate_every=validate_every, lr=lr
+        )
+    )
     t0, c0 = time.perf_counter(), time.process_time()
-    result = train_tracker(cfg)
+    result = train_tracker(cfg, resume=resume)
     info = {
+        "device": cfg.train.device,
+        "tracker_init": "from " + str(init_from) if init_from is not None else ("local" if local_init else "random"),
+        "lr": lr,
+        "init_from": str(init_from) if init_from is not None else None,
         "steps": result.steps,
         "wall_s": round(time.perf_counter() - t0, 1),
         "cpu_s": round(time.process_time() - c0, 1),
@@ -939,12 +1079,23 @@ def stage_package(work: Path, *, dest: Path = DEMO_DIR) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medsam3_training.recipes.demo_brain", description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=("train", "tracker", "export", "evaluate", "package", "all"))
+    ap.add_argument("stage", choices=("train", "recover", "tracker", "tracker-weights", "export", "evaluate", "package", "all"))
     ap.add_argument("--work", default="runs/demo-brain", help="working folder (run, export, report)")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--tracker-steps", type=int, default=TRACKER_STEPS, help="tracker stage steps (one 4-slice clip each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in WORK/run from its last/ state")
+    ap.add_argument("--resume", action="store_true", help="continue the run (train: WORK/run, tracker: WORK/tracker) from its last/ state")
+    ap.add_argument("--device", default="cpu", help="tracker stage: cpu, cuda, cuda:N or auto")
+    ap.add_argument("--tracker-init", choices=("local", "random"), default="local", help="tracker stage: a fresh tracker's initialisation")
+    ap.add_argument("--tracker-lr", type=float, default=TRACKER_LR, help="tracker stage: peak learning rate")
+    ap.add_argument("--validate-every", type=int, default=None, help="tracker stage: steps between validations (default 100)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="tracker stage: stop (validated, saved, resumable) after this long")
+    ap.add_argument(
+        "--init-from",
+        default=None,
+        help="tracker stage: start the tracker from this video checkpoint (an earlier tracker/best)",
+    )
+    ap.add_argument("--mricron", default=None, help=f"folder holding ch2, ch2bet, aal .nii.gz and aal.nii.txt (default {MRICRON})")
     ap.add_argument("--smoke", action="store_true", help="a few steps on a few slices (checks the plumbing)")
     ap.add_argument("--dest", default=str(DEMO_DIR), help="where `package` puts the model, samples and report")
     ap.add_argument("--max-images", type=int, default=None, help="evaluate at most this many images per dataset (quick checks)")
@@ -952,10 +1103,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.mricron is not None:
+        globals()["MRICRON"] = Path(args.mricron).resolve()  # read at call time by every stage
     if args.stage in ("train", "all"):
         stage_train(work, steps=args.steps, threads=args.threads, resume=args.resume, smoke=args.smoke)
+    if args.stage == "recover":
+        stage_recover(work, threads=args.threads)
     if args.stage in ("tracker", "all"):
-        stage_tracker(work, steps=2 if args.smoke else args.tracker_steps, threads=args.threads, smoke=args.smoke)
+        stage_tracker(
+            work,
+            steps=2 if args.smoke else args.tracker_steps,
+            threads=args.threads,
+            smoke=args.smoke,
+            device=args.device,
+            max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+            resume=args.resume and args.stage == "tracker",
+            init_from=Path(args.init_from).resolve() if args.init_from else None,
+            validate_every=args.validate_every,
+            lr=args.tracker_lr,
+            local_init=args.tracker_init == "local",
+        )
+    if args.stage == "tracker-weights":
+        _say(f"wrote {save_tracker_weights(work / 'tracker' / 'best', work / 'tracker_weights.safetensors')}")
     if args.stage in ("export", "all"):
         stage_export(work, threads=args.threads)
     if args.stage in ("evaluate", "all"):
