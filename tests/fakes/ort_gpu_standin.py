@@ -79,14 +79,15 @@ class Module:
     def get_available_providers(self) -> list[str]:
         return [*self._providers, "CPUExecutionProvider"]
 
-    def InferenceSession(self, path: str, sess_options: Any = None, providers: Any = None) -> Session:
-        session = Session(self, path, sess_options, list(providers or ["CPUExecutionProvider"]))
+    def InferenceSession(self, path: str, sess_options: Any = None, providers: Any = None, **kwargs: Any) -> Session:
+        # keyword arguments as the real one takes them (e.g. disabled_optimizers), passed to the CPU session
+        session = Session(self, path, sess_options, list(providers or ["CPUExecutionProvider"]), **kwargs)
         self.sessions.append(session)
         return session
 
 
 class Session:
-    def __init__(self, module: Module, path: str, sess_options: Any, providers: list[Any]) -> None:
+    def __init__(self, module: Module, path: str, sess_options: Any, providers: list[Any], **kwargs: Any) -> None:
         self.requested = providers
         active = []
         for p in providers:
@@ -99,7 +100,7 @@ class Session:
             active.append(name)
         self.active = active or ["CPUExecutionProvider"]
         self.options = {(p[0] if isinstance(p, tuple) else p): (p[1] if isinstance(p, tuple) else {}) for p in providers}
-        self.inner = _real.InferenceSession(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        self.inner = _real.InferenceSession(path, sess_options=sess_options, providers=["CPUExecutionProvider"], **kwargs)
         self.bindings: list[_Binding] = []
 
     def get_providers(self) -> list[str]:
