@@ -52,6 +52,12 @@ def export(
     image_size: int | None = typer.Option(
         None, "--image-size", help="Export at this input size (px, e.g. 1008 -> 840/672/504) instead of the checkpoint's."
     ),
+    parity_reference: str = typer.Option(
+        "transformers",
+        "--parity-reference",
+        help="What the graphs are checked against: transformers, meta (Meta's own sam3 code, for a sam3.pt: text encoder, "
+        "image backbone, detector; needs the 'reference' extra) or both.",
+    ),
 ) -> None:
     """Export a checkpoint to ONNX graphs + manifest, and check parity with PyTorch."""
     exp = import_optional("medsam3_export.exporter", "export", "`medsam3-rt export`")
@@ -72,6 +78,7 @@ def export(
             attention=attention,
             image_size=image_size,
             batch_axis=batch_axis,
+            parity_reference=parity_reference,
         )
         exp.export_model(source, output, config=config, options=options, progress=progress)
 

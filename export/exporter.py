@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 PARITY_REPORT = "parity_report.json"
 PARITY_PROMPTS = ("polyp", "left kidney, upper pole")
+PARITY_REFERENCES = ("transformers", "meta", "both")
 Progress = Callable[[str], None]
 
 
@@ -79,9 +80,14 @@ class ExportOptions:
     attention: str = DEFAULT_ATTENTION
     image_size: int | None = None  # export at this input size instead of the checkpoint's (resolution.py)
     batch_axis: bool = False  # image backbone with a symbolic batch axis "B" (several images per call)
+    # what the graphs are checked against: transformers (always computed), Meta's own code for a
+    # sam3.pt (text encoder, image backbone, detector; needs the `sam3` package), or both
+    parity_reference: str = "transformers"
 
     def __post_init__(self) -> None:
         check_tracker_semantics(self.tracker_semantics)
+        if self.parity_reference not in PARITY_REFERENCES:
+            raise UsageError(f"--parity-reference {self.parity_reference}: choose one of {', '.join(PARITY_REFERENCES)}")
         if self.attention not in ATTENTION_CHOICES:
             raise UsageError(f"--attention {self.attention}: choose one of {', '.join(ATTENTION_CHOICES)}")
 
@@ -283,6 +289,10 @@ def export_model(
     out = Path(output_dir)
     if out.exists() and not opts.overwrite:
         raise OutputExistsError(f"output '{out}' already exists; choose another folder or pass --force to replace it")
+    if opts.parity_reference != "transformers":
+        from .meta_parity import check_meta_reference
+
+        check_meta_reference(source)  # before a long load: the package and a sam3.pt file
     if opts.adapter is not None:  # its files are checked before a large base checkpoint is loaded
         from .adapters import merge_adapter, read_adapter
 
@@ -293,6 +303,10 @@ def export_model(
         say(f"loading checkpoint {source}")
         ckpt = load_checkpoint(source, config=config)
         source_dir = Path(source) if Path(source).is_dir() else None
+    if opts.parity_reference != "transformers":
+        check_meta_reference(source, ckpt)
+        if opts.adapter is not None or opts.image_size not in (None, model_dims(ckpt).image_size):
+            raise UsageError("--parity-reference meta compares the checkpoint as Meta's code runs it: not with --adapter or --image-size")
     if opts.adapter is not None:
         merge_adapter(ckpt, adapter, say)
     checkpoint_size = model_dims(ckpt).image_size
@@ -358,8 +372,24 @@ def export_model(
             per_graph[gc.DETECTOR] = f"{reference} with Meta's text-only prompt (geometry-encoder CLS token, medsam3_export.semantics)"
         if gc.TRACKER_INIT in per_graph and opts.tracker_semantics == "meta":
             per_graph[gc.TRACKER_INIT] = f"{reference} with Meta's single-mask object pointer (medsam3_export.semantics)"
+        meta = None
+        if opts.parity_reference != "transformers":
+            from .meta_parity import meta_parity
+
+            assert not isinstance(source, LoadedCheckpoint)
+            meta = meta_parity(
+                source, ckpt, stage, graphs, pixels, ids, attn,
+                prompts=PARITY_PROMPTS, prompt_semantics=semantics, tolerance=opts.tolerance, say=say,
+            )  # fmt: skip
+            for name in meta.graphs:
+                per_graph[name] = meta.reference if opts.parity_reference == "meta" else f"{per_graph[name]}; {meta.reference}"
+            if opts.parity_reference == "meta":  # the covered graphs are judged by Meta's code alone
+                results = [r for r in results if r.graph not in meta.graphs]
+            results += meta.results
         report = parity.report(results, opts.tolerance, reference, per_graph)
         report["objects_present"] = objects_present(refs)
+        if meta is not None:
+            report["meta"] = {"reference": meta.reference, "detail": meta.detail, "graphs": meta.graphs, "not_compared": meta.skipped}
         atomic_write_text(stage / PARITY_REPORT, json.dumps(report, indent=2))
         for r in results:
             say(("ok    " if r.passed else "FAIL  ") + r.describe())
@@ -396,8 +426,9 @@ def export_model(
                 "reference": reference,
                 "references": per_graph,
                 "report": PARITY_REPORT,
+                **({"meta": report["meta"]} if meta is not None else {}),
                 "worst": {
-                    f"{r.graph}.{r.output}": {
+                    f"{r.graph}.{r.output}" + (f" vs {r.reference}" if r.reference else ""): {
                         "max_abs": r.max_abs,
                         "max_rel": r.max_rel,
                         **({"sign_agreement": r.sign_agreement} if r.sign_agreement is not None else {}),

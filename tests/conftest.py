@@ -139,14 +139,18 @@ def meta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="session")
 def meta_export(meta_checkpoint: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """That sam3.pt exported unedited with the CLI (detector + tracker graphs)."""
+    """That sam3.pt exported unedited with the CLI (detector + tracker graphs), its graphs checked
+    against Meta's own code as well as transformers (`--parity-reference both`)."""
     import time
 
     from meta_reference import TIMINGS
 
     out = tmp_path_factory.mktemp("meta-export") / "export"
     t0 = time.perf_counter()
-    proc = cli("export", str(meta_checkpoint["path"]), "--config", str(meta_checkpoint["config"]), "--output", str(out), timeout=1800)
+    proc = cli(
+        "export", str(meta_checkpoint["path"]), "--config", str(meta_checkpoint["config"]), "--output", str(out),
+        "--parity-reference", "both", timeout=1800,
+    )  # fmt: skip
     TIMINGS["export (CLI)"] = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta_checkpoint["export_log"] = proc.stderr + proc.stdout

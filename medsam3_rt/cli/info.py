@@ -53,6 +53,12 @@ def info(
     out_console.print(
         f"parity vs {parity.get('reference', '?')}: {'passed' if parity.get('passed') else 'NOT passed'} ({parity.get('tolerance', '')})"
     )
+    meta = parity.get("meta")
+    if isinstance(meta, dict):  # `export --parity-reference meta|both`
+        skipped = "".join(f"; {g} not compared: {why}" for g, why in (meta.get("not_compared") or {}).items())
+        out_console.print(
+            f"parity vs {meta.get('reference', '?')}: {', '.join(meta.get('graphs', []))}{skipped}", highlight=False, soft_wrap=True
+        )
     out_console.print(f"onnxruntime: {ort_install.describe()}", highlight=False, soft_wrap=True)
     clash = ort_install.conflict_message()
     if clash:

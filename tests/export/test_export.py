@@ -106,3 +106,17 @@ def test_parity_compare_flags_sign_flips() -> None:
     got[gc.PRED_MASKS][4990:5010] *= -1  # 20 flipped pixels of 10,000 = 99.8 % agreement, tiny |delta|
     (row,) = compare("detector", ref, got, Tolerance(rel=1.0))
     assert not row.passed and row.sign_agreement == pytest.approx(0.998)
+
+
+def test_parity_reference_option_errors(tiny_hf_dir: Path, tmp_path: Path) -> None:
+    """`--parity-reference`: an unknown value, and Meta's code asked to check a checkpoint it cannot
+    load (a Hugging Face directory), are one-line usage errors before any model is loaded."""
+    from conftest import cli
+
+    proc = cli("export", str(tiny_hf_dir), "-o", str(tmp_path / "a"), "--parity-reference", "pytorch")
+    assert proc.returncode == 2 and "--parity-reference pytorch: choose one of transformers, meta, both" in proc.stderr
+    proc = cli("export", str(tiny_hf_dir), "-o", str(tmp_path / "b"), "--parity-reference", "meta")
+    assert proc.returncode in (2, 5), proc.stderr  # 5: Meta's sam3 package is not installed here
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert ("needs Meta's sam3.pt file" if proc.returncode == 2 else "Meta's sam3 package is not importable") in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

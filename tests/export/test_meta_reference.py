@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import phantom
-from meta_reference import BPE, TIMINGS, cpu_only, meta_available
+from conftest import cli, phantom
+from meta_reference import TIMINGS, cpu_only, meta_available
 
 REASON = meta_available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -25,25 +25,11 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 @pytest.fixture(scope="session")
 def meta_image_model(meta_checkpoint: dict):
-    """Meta's image model (as `build_sam3_image_model` builds it) with the sam3.pt weights."""
-    import sam3.model_builder as mb
-    from meta_reference import _narrow_builders
+    """Meta's image model (as `build_sam3_image_model` builds it) with the sam3.pt weights, mapped
+    as Meta's `_load_checkpoint` maps them; every parameter of the image model must come from the file."""
+    from meta_reference import GEOMETRY, load_meta_image_model
 
-    replaced = {name: getattr(mb, name) for name in ("_create_vit_backbone", "_create_text_encoder")}
-    try:
-        for name, fn in _narrow_builders(mb).items():
-            setattr(mb, name, fn)
-        with cpu_only():
-            model = mb.build_sam3_image_model(bpe_path=str(BPE), device="cpu", load_from_HF=False, checkpoint_path=None)
-    finally:
-        for name, fn in replaced.items():
-            setattr(mb, name, fn)
-    # Meta's image loader (model_builder._load_checkpoint) strips `detector.` and loads with
-    # strict=False; here the same, then every parameter of the image model must have come from the file.
-    det = {k[len("detector.") :]: v for k, v in meta_checkpoint["state"].items() if k.startswith("detector.")}
-    missing, _ = model.load_state_dict(det, strict=False)
-    assert not missing, missing[:5]
-    return model.eval()
+    return load_meta_image_model(meta_checkpoint["state"], GEOMETRY, with_tracker=False)
 
 
 @pytest.fixture(scope="session")
@@ -213,3 +199,66 @@ def test_graphs_on_metas_pixel_tensor(meta_export: Path, meta_image_model, meta_
     for r in results:
         print(f"\n[meta graphs] {r.describe()}")
     parity.check(results)
+
+
+COVERED = {
+    "text_encoder": ["text_features", "text_valid_tokens"],
+    "image_backbone": ["det_fpn_0", "det_fpn_1", "det_fpn_2", "trk_feat_s0", "trk_feat_s1", "trk_vision_feat"],
+    "detector": ["pred_logits", "pred_boxes", "presence_logits", "pred_masks"],
+}
+
+
+def test_parity_report_names_metas_code(meta_export: Path) -> None:
+    """`export --parity-reference both`: text encoder, image backbone (detector and tracker features)
+    and detector are checked against Meta's own code as well as transformers; the tracker graphs
+    against transformers only. Every row names its reference."""
+    from medsam3_rt.manifest import load_manifest
+
+    report = json.loads((meta_export / "parity_report.json").read_text())
+    meta = report["meta"]
+    assert meta["reference"].startswith("Meta's sam3 0.1") and meta["graphs"] == list(COVERED) and meta["not_compared"] == {}
+    rows: dict[str, list[str]] = {}
+    for r in report["outputs"]:
+        if r["reference"] == meta["reference"]:
+            rows.setdefault(r["graph"], []).append(r["output"])
+            print(f"\n[meta parity] {r['graph']}.{r['output']}: max|d| {r['max_abs']:.2e} (rel {r['max_rel']:.1e}, bound {r['bound']:.1e})")
+            assert r["passed"], r
+    assert rows == COVERED
+    transformers_graphs = {r["graph"] for r in report["outputs"] if r["reference"] != meta["reference"]}
+    assert transformers_graphs == {*COVERED, "tracker_init", "tracker_step", "memory_encoder"}
+    for graph in COVERED:
+        assert report["references"][graph].startswith("transformers") and report["references"][graph].endswith(meta["reference"])
+    m = load_manifest(meta_export)
+    assert m.parity["meta"]["graphs"] == list(COVERED)
+    assert any(key.endswith(f"vs {meta['reference']}") for key in m.parity["worst"])
+    info = cli("info", str(meta_export), check=True).stdout
+    assert f"parity vs {meta['reference']}: text_encoder, image_backbone, detector" in info
+
+
+def test_metas_reference_sees_a_difference(meta_checkpoint: dict, meta_export: Path, tmp_path: Path) -> None:
+    """The Meta comparison is live: when the file Meta's code loads holds a different detector
+    scoring weight, the detector fails against Meta while text encoder and backbone still pass."""
+    from medsam3_export import load_checkpoint
+    from medsam3_export.exporter import PARITY_PROMPTS, parity_image
+    from medsam3_export.meta_parity import meta_parity
+    from medsam3_export.parity import Tolerance
+
+    from medsam3_rt.manifest import load_manifest
+    from medsam3_rt.preprocess import pixel_values
+    from medsam3_rt.tokenizer import ClipTokenizer
+
+    state = dict(meta_checkpoint["state"])
+    key = "detector.dot_prod_scoring.hs_proj.weight"
+    state[key] = state[key] * 1.5
+    torch.save(state, tmp_path / "changed.pt")
+    ckpt = load_checkpoint(meta_checkpoint["path"], config=str(meta_checkpoint["config"]))
+    m = load_manifest(meta_export)
+    ids, attn = ClipTokenizer(meta_export / m.tokenizer.file, m.tokenizer).encode(list(PARITY_PROMPTS))
+    pixels = pixel_values(parity_image(m.dims.image_size), m.preprocess)
+    result = meta_parity(
+        tmp_path / "changed.pt", ckpt, meta_export, m.graphs, pixels, ids, attn,
+        prompts=PARITY_PROMPTS, prompt_semantics="meta", tolerance=Tolerance(), say=print,
+    )  # fmt: skip
+    failed = sorted({f"{r.graph}.{r.output}" for r in result.results if not r.passed})
+    print(f"\n[meta parity] with {key} x1.5 in Meta's file: failing {failed}")
+    assert failed and {f.split(".")[0] for f in failed} == {"detector"}
