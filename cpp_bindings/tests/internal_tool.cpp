@@ -259,7 +259,7 @@ int memory_select(const char* path) {
         e.maskmem.assign(size_t(HW * C), to_bfloat16(v));
         return e;
     };
-    std::vector<ObjectTrack> tracks(size_t(n));
+    std::vector<ObjectTrack> tracks(static_cast<size_t>(n));
     std::vector<ObjectTrack*> ptrs;
     for (int64_t o = 0; o < n; ++o) {
         tracks[size_t(o)].obj_id = o;
