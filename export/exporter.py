@@ -36,6 +36,7 @@ from medsam3_rt.manifest import (
 )
 from medsam3_rt.preprocess import pixel_values
 from medsam3_rt.tokenizer import ClipTokenizer
+from medsam3_rt.tracker.streaming import MEMORY_SELECTION_THRESHOLD
 
 from . import parity
 from .attention import ATTENTION_CHOICES, DEFAULT_ATTENTION, FUSED, attention_mode, graph_attention, onnx_translation
@@ -177,6 +178,10 @@ def tracker_settings(ckpt: LoadedCheckpoint, semantics: str = DEFAULT_TRACKER_SE
     out["reference"] = "transformers Sam3VideoModel streaming inference (frame by frame)"
     out["semantics"] = semantics
     out["semantics_description"] = TRACKER_DESCRIPTIONS[semantics]
+    # Meta's video tracker reads only memories of frames scored above mf_threshold
+    # (use_memory_selection in build_sam3_video_model); transformers' reads the last frames
+    out["memory_selection"] = semantics == "meta"
+    out["memory_selection_threshold"] = MEMORY_SELECTION_THRESHOLD
     return out
 
 

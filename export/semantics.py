@@ -45,7 +45,10 @@ DEFAULT_TRACKER_SEMANTICS = "meta"
 # Exports made before the field existed followed transformers.
 LEGACY_TRACKER_SEMANTICS = "transformers"
 TRACKER_DESCRIPTIONS = {
-    "meta": "Meta's sam3 video predictor: new objects get the single-mask pointer and a memory of their mask at video resolution",
+    "meta": (
+        "Meta's sam3 video predictor: new objects get the single-mask pointer and a memory of their mask at video resolution; "
+        "memories are selected by score"
+    ),
     "transformers": "transformers Sam3VideoModel: new objects get the best multimask pointer and a memory of their mask at 0.5",
 }
 

@@ -33,6 +33,7 @@ struct TextInput {
 // Outputs of the tracker graphs, copied out of the backend (row-major float32).
 struct TrackerStepOutputs {
     std::vector<float> low_res_masks;        // (N, m, m)
+    std::vector<float> iou_scores;           // (N, 3): memory selection reads their best
     std::vector<float> object_score_logits;  // (N,)
     std::vector<float> object_pointer;       // (N, C)
 };

@@ -311,6 +311,7 @@ void OpenVinoTracker::tracker_step(const StepFeeds& f, TrackerStepOutputs& out) 
         step_.set_tensor(gc::PTR_VALID, wrap(ov::element::boolean, {N, K}, f.ptr_valid.data()));
         step_.infer();
         take(step_, gc::LOW_RES_MASKS, {N, 1, size_t(m), size_t(m)}, out.low_res_masks, gc::TRACKER_STEP);
+        take(step_, gc::IOU_SCORES, {N, 3}, out.iou_scores, gc::TRACKER_STEP);
         take(step_, gc::OBJECT_SCORE_LOGITS, {N, 1}, out.object_score_logits, gc::TRACKER_STEP);
         take(step_, gc::OBJECT_POINTER, {N, size_t(C)}, out.object_pointer, gc::TRACKER_STEP);
     });

@@ -524,6 +524,15 @@ std::string tracker_string(const Manifest& m, const char* key, const std::string
     return it->get<std::string>();
 }
 
+bool tracker_bool(const Manifest& m, const char* key, bool fallback) {
+    if (m.tracker_json.empty()) return fallback;
+    const json data = json::parse(m.tracker_json);
+    auto it = data.find(key);
+    if (it == data.end()) return fallback;
+    if (!it->is_boolean()) throw ModelError(std::string("manifest 'tracker': ") + key + " must be true or false, got " + it->dump());
+    return it->get<bool>();
+}
+
 void verify_files(const Manifest& m, Verify verify) {
     if (verify == Verify::none) return;
     static std::mutex mu;

@@ -98,6 +98,8 @@ TrackerSettings tracker_settings(const Manifest& manifest);
 double tracker_float(const Manifest& manifest, const char* key, double fallback);
 // A string of the manifest's 'tracker' section, `fallback` when absent.
 std::string tracker_string(const Manifest& manifest, const char* key, const std::string& fallback);
+// A JSON boolean of the tracker section (`fallback` when absent; anything else is a ModelError).
+bool tracker_bool(const Manifest& manifest, const char* key, bool fallback);
 
 // Validate a manifest.json text; `root` only names the directory in messages and paths.
 Manifest parse_manifest(const std::string& json_text, const std::string& root, const std::string& path_for_messages);

@@ -96,6 +96,9 @@ Stream::Stream(std::shared_ptr<const Manifest> manifest, std::shared_ptr<Backend
         throw ModelError("manifest 'tracker': semantics must be 'meta' or 'transformers', got '" + semantics + "'");
     }
     meta_semantics_ = semantics == "meta";
+    // Memory selection (memory.h): as Meta's video tracker when tracker.memory_selection is true
+    // (absent: with semantics "meta"), reading frames scored above memory_selection_threshold
+    if (tracker_bool(m, "memory_selection", meta_semantics_)) memory_selection_ = tracker_float(m, "memory_selection_threshold", 0.01);
     s_ = tracker_settings(m);
     if (options_.detection_threshold >= 0.0) s_.score_threshold_detection = options_.detection_threshold;
     if (options_.new_object_threshold >= 0.0) s_.new_det_thresh = options_.new_object_threshold;
@@ -233,7 +236,7 @@ Stream::Step Stream::propagate(const std::vector<ObjectTrack*>& tracks, int64_t 
         st.masks = st.low;
         return st;
     }
-    const StepFeeds feeds = gather(tracks, t, s_.num_maskmem, s_.max_object_pointers_in_encoder, hw_, mem_, c_);
+    const StepFeeds feeds = gather(tracks, t, s_.num_maskmem, s_.max_object_pointers_in_encoder, hw_, mem_, c_, memory_selection_);
     TrackerStepOutputs out;
     session_->tracker_step(feeds, out);
     const int64_t N = static_cast<int64_t>(tracks.size());
@@ -243,6 +246,7 @@ Stream::Step Stream::propagate(const std::vector<ObjectTrack*>& tracks, int64_t 
         MemoryEntry e;
         e.pointer.assign(out.object_pointer.begin() + i * c_, out.object_pointer.begin() + (i + 1) * c_);
         tracks[i]->recent[t] = std::move(e);
+        tracks[i]->scores[t] = memory_score(out.object_score_logits[size_t(i)], out.iou_scores.data() + i * 3, 3);
     }
     st.score = std::move(out.object_score_logits);
     st.masks = st.low;
@@ -450,8 +454,16 @@ void Stream::finish_frame(const FrameObjects& result, int64_t t) {
             it = tracks_.erase(it);
             continue;
         }
-        tr.prune(t, s_.num_maskmem, s_.max_object_pointers_in_encoder, max_cond_);
         ++it;
+    }
+    std::vector<ObjectTrack*> alive;
+    for (const auto& tr : tracks_) alive.push_back(tr.get());
+    const bool selecting = memory_selection_ >= 0.0;
+    const auto valid = selecting ? valid_frames(alive, t, memory_selection_) : std::map<int64_t, std::vector<int64_t>>{};
+    const std::vector<int64_t> none;
+    for (ObjectTrack* tr : alive) {
+        auto g = valid.find(tr->first_frame);
+        tr->prune(t, s_.num_maskmem, s_.max_object_pointers_in_encoder, max_cond_, selecting ? (g != valid.end() ? &g->second : &none) : nullptr);
     }
 }
 

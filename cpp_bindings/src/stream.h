@@ -100,6 +100,7 @@ private:
     PolicyConfig policy_;
     bool tracking_ = true;
     bool meta_semantics_ = false;  // manifest tracker.semantics "meta": Meta's new-object path
+    double memory_selection_ = -1.0;  // memory-selection threshold (manifest tracker.memory_selection); negative: off
     double frame_threshold_ = 0.5;  // detect mode: FrameDetector.threshold
     int64_t hw_ = 0, mem_ = 0, c_ = 0, m_ = 0, image_ = 0, mem_size_ = 0;
     int64_t max_objects_ = 0, max_cond_ = 0;

@@ -21,6 +21,10 @@
 //   tracker-settings FILE...                "OK <settings>" or "ERR <status> <message>" per manifest.json
 //   policy GOLDEN.json GOLDEN.masks         the merge policy's decisions on every recorded frame of a
 //                                           tests/golden/tracker_policy scenario, as JSON (one object per frame)
+//   memory-select SCENARIO.json             memory.gather with memory selection on a scripted track
+//                                           group (tracker scores per frame), pruned as the stream
+//                                           does: per frame and object the memory frames and rows,
+//                                           pointer frames and offsets, as JSON
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -34,6 +38,7 @@
 #include "contract.h"
 #include "error.h"
 #include "manifest.h"
+#include "memory.h"
 #include "policy.h"
 #include "masks.h"
 #include "postprocess.h"
@@ -241,6 +246,60 @@ int policy_golden(const std::string& json_path, const std::string& masks_path) {
     return 0;
 }
 
+// Memories and pointers carry frame + 100 * object (exact in bfloat16 below 256).
+int memory_select(const char* path) {
+    const nlohmann::json sc = nlohmann::json::parse(read_file(path));
+    const int64_t num_maskmem = sc["num_maskmem"], max_pointers = sc["max_pointers"], first = sc["first"], last = sc["last"];
+    const int64_t n = sc["objects"], C = 4, HW = 4;
+    const double threshold = sc["threshold"];
+    auto entry = [&](int64_t frame, int64_t obj) {
+        MemoryEntry e;
+        const float v = static_cast<float>(frame + 100 * obj);
+        e.pointer.assign(size_t(C), v);
+        e.maskmem.assign(size_t(HW * C), to_bfloat16(v));
+        return e;
+    };
+    std::vector<ObjectTrack> tracks(static_cast<size_t>(n));
+    std::vector<ObjectTrack*> ptrs;
+    for (int64_t o = 0; o < n; ++o) {
+        tracks[size_t(o)].obj_id = o;
+        tracks[size_t(o)].first_frame = first;
+        tracks[size_t(o)].cond[first] = entry(first, o);
+        ptrs.push_back(&tracks[size_t(o)]);
+    }
+    nlohmann::json out = nlohmann::json::array();
+    for (int64_t t = first + 1; t < last; ++t) {
+        const StepFeeds f = gather(ptrs, t, num_maskmem, max_pointers, HW, C, C, threshold);
+        nlohmann::json frame = nlohmann::json::array();
+        for (int64_t o = 0; o < n; ++o) {
+            nlohmann::json mems = nlohmann::json::array(), pts = nlohmann::json::array();
+            for (int64_t j = 0; j < f.M; ++j) {
+                if (f.mem_valid[size_t(o * f.M + j)]) mems.push_back({f.mem_feats[size_t((o * f.M + j) * HW * C)], f.mem_tpos[size_t(o * f.M + j)]});
+            }
+            for (int64_t j = 0; j < f.K; ++j) {
+                if (f.ptr_valid[size_t(o * f.K + j)]) pts.push_back({f.obj_ptrs[size_t((o * f.K + j) * C)], f.ptr_tpos[size_t(o * f.K + j)]});
+            }
+            frame.push_back({{"mems", mems}, {"ptrs", pts}});
+        }
+        out.push_back(frame);
+        const auto& logits = sc["logits"][size_t(t)];
+        const auto& ious = sc["ious"][size_t(t)];
+        for (int64_t o = 0; o < n; ++o) {
+            tracks[size_t(o)].recent[t] = entry(t, o);
+            std::vector<float> iou = ious[size_t(o)].get<std::vector<float>>();
+            tracks[size_t(o)].scores[t] = memory_score(logits[size_t(o)].get<float>(), iou.data(), static_cast<int64_t>(iou.size()));
+        }
+        const auto valid = valid_frames(ptrs, t, threshold);
+        const std::vector<int64_t> none;
+        for (ObjectTrack* tr : ptrs) {
+            auto g = valid.find(tr->first_frame);
+            tr->prune(t, num_maskmem, max_pointers, 4, g != valid.end() ? &g->second : &none);
+        }
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
+}
+
 int run(int argc, char** argv) {
     const std::string cmd = argc > 1 ? argv[1] : "";
     if (cmd == "sha256-selftest") return sha256_selftest();
@@ -384,6 +443,7 @@ int run(int argc, char** argv) {
         return 0;
     }
     if (cmd == "policy" && argc == 4) return policy_golden(argv[2], argv[3]);
+    if (cmd == "memory-select" && argc == 3) return memory_select(argv[2]);
     if (cmd == "tracker-settings") {
         for (int i = 2; i < argc; ++i) {
             try {

@@ -87,6 +87,11 @@ class StreamOptions:
                        tracker's masks are shown and written to memory, no object is added,
                        re-anchored or counted as unmatched. 1 (default): every frame, as
                        transformers. Python runtime only (libmedsam3rt detects every frame)
+    memory_selection   read only tracked frames whose memory score (object score x predicted
+                       IoU) is above the threshold, counted by rank, as Meta's video tracker
+                       (True), or the last frames whatever their score, as transformers
+                       (False). None (default): the manifest's `tracker.memory_selection`
+                       (on for exports with tracker semantics "meta")
     """
 
     policy: Literal["meta", "transformers"] = "meta"
@@ -98,12 +103,15 @@ class StreamOptions:
     detection_threshold: float | None = None
     new_object_threshold: float | None = None
     detect_every: int = 1
+    memory_selection: bool | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in MODES:
             raise UsageError(f"stream policy must be one of {', '.join(MODES)}, got {self.policy!r}")
         if isinstance(self.detect_every, bool) or not isinstance(self.detect_every, int) or self.detect_every < 1:
             raise UsageError(f"detect_every must be an integer >= 1, got {self.detect_every!r}")
+        if self.memory_selection is not None and not isinstance(self.memory_selection, bool):
+            raise UsageError(f"memory_selection must be True, False or None, got {self.memory_selection!r}")
         for name in ("max_objects", "max_cond_frames", "forget_after"):
             value = getattr(self, name)
             if value is not None and value < 1:

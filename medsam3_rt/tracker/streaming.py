@@ -42,8 +42,11 @@ from ..stopwatch import Stopwatch
 from ..tokenizer import as_prompt_list
 from . import hotstart, policy
 from . import masks as mk
-from .memory import MemoryEntry, ObjectTrack, gather
+from .memory import MemoryEntry, ObjectTrack, gather, memory_score, valid_frames
 from .settings import StreamOptions, TrackerSettings
+
+# Meta's `mf_threshold`: a tracked frame's memory is read when its score is above this
+MEMORY_SELECTION_THRESHOLD = 0.01
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,28 @@ class Stream:
         self.tracker_semantics = str(m.tracker.get("semantics", "transformers"))
         if self.tracker_semantics not in ("meta", "transformers"):
             raise ManifestError(f"manifest 'tracker': semantics must be 'meta' or 'transformers', got '{self.tracker_semantics}'")
+        self.memory_selection = self._memory_selection(m.tracker)
         self.max_objects = self.policy.max_objects
         self.max_cond = self.options.max_cond_frames or self.settings.max_cond_frame_num
         self.observer: Callable[[MergeRecord], None] | None = None
         self.reset()
+
+    def _memory_selection(self, tracker: dict) -> float | None:
+        """The memory-selection threshold, None without selection (see memory.py).
+
+        Meta's video tracker selects memories (manifest `tracker.memory_selection`; exports
+        without the field: on with tracker semantics "meta", as Meta's builder); transformers'
+        does not. `StreamOptions.memory_selection` overrides the manifest.
+        """
+        on = self.options.memory_selection
+        if on is None:
+            on = tracker.get("memory_selection", self.tracker_semantics == "meta")
+        if not isinstance(on, bool):
+            raise ManifestError(f"manifest 'tracker': memory_selection must be true or false, got {on!r}")
+        threshold = tracker.get("memory_selection_threshold", MEMORY_SELECTION_THRESHOLD)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ManifestError(f"manifest 'tracker': memory_selection_threshold must be a number, got {threshold!r}")
+        return float(threshold) if on else None
 
     # -- public ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -280,11 +301,13 @@ class Stream:
             hw=self._hw,
             mem_dim=self._mem,
             channels=self._c,
+            selection=self.memory_selection,
         )
         out = self.model.run(gc.TRACKER_STEP, {**trk_feats, **feeds})
         low = out[gc.LOW_RES_MASKS][:, 0]
-        for trk, pointer in zip(tracks, out[gc.OBJECT_POINTER], strict=True):
+        for i, (trk, pointer) in enumerate(zip(tracks, out[gc.OBJECT_POINTER], strict=True)):
             trk.recent[t] = MemoryEntry(pointer.copy())
+            trk.scores[t] = memory_score(out[gc.OBJECT_SCORE_LOGITS][i, 0], out[gc.IOU_SCORES][i])
         shown = mk.fill_holes(low, s.fill_hole_area) if self.options.fill_holes else low.copy()
         return {"low": low, "score": out[gc.OBJECT_SCORE_LOGITS][:, 0], "masks": shown}
 
@@ -424,6 +447,14 @@ class Stream:
             tr.empty_frames = int(n)
             if gone:
                 del self._tracks[tr.obj_id]
-            else:
-                tr.prune(t, num_maskmem=s.num_maskmem, max_pointers=s.max_object_pointers_in_encoder, max_cond=self.max_cond)
+        alive = list(self._tracks.values())
+        valid = valid_frames(alive, t, self.memory_selection) if self.memory_selection is not None else {}
+        for tr in alive:
+            tr.prune(
+                t,
+                num_maskmem=s.num_maskmem,
+                max_pointers=s.max_object_pointers_in_encoder,
+                max_cond=self.max_cond,
+                valid=valid.get(tr.first_frame, []) if self.memory_selection is not None else None,
+            )
         return ids, counts, result.object_ids, empty, removed

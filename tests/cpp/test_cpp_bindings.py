@@ -850,3 +850,50 @@ def test_cpp_policy_matches_golden_files(build: Path, scenario: str) -> None:
     assert len(got) == len(frames)
     for f, g in zip(frames, got, strict=True):
         assert g == f["expected"], f"frame {f['t']}"
+
+
+@pytest.mark.parametrize("objects", [1, 2])
+def test_cpp_memory_selection_matches_python(build: Path, tmp_path: Path, objects: int) -> None:
+    """memory.cpp selects the frames memory.py selects (Meta's memory selection; proven against
+    Meta's code in tests/tracker/test_memory_selection.py): on a 60-frame track group with
+    occluded stretches, pruned after every frame as the stream does, the same memory frames and
+    temporal rows and the same pointer frames and offsets (float32) on every frame."""
+    from medsam3_rt import graph_contract as gc
+    from medsam3_rt.tracker.masks import to_bfloat16
+    from medsam3_rt.tracker.memory import MemoryEntry, ObjectTrack, gather, memory_score, valid_frames
+
+    rng = np.random.default_rng(objects)
+    first, last, num_maskmem, max_pointers, threshold = 3, 60, 7, 16, 0.01
+    occluded = set(range(10, 14)) | set(range(20, 45)) | {50, 52, 53}
+    logits = [[float(v) for v in rng.normal(-2.0 if t in occluded else 3.0, 1.0, objects).astype(np.float32)] for t in range(last)]
+    logits[30] = [1e-3] * objects  # present, but scored below the threshold
+    ious = rng.random((last, objects, 3)).astype(np.float32).tolist()
+    scenario = {"num_maskmem": num_maskmem, "max_pointers": max_pointers, "threshold": threshold, "first": first, "last": last}
+    (tmp_path / "scenario.json").write_text(json.dumps({**scenario, "objects": objects, "logits": logits, "ious": ious}))
+    proc = _internal(build, "memory-select", tmp_path / "scenario.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout)
+
+    def entry(t: int, o: int) -> MemoryEntry:
+        v = np.full(4, t + 100 * o, np.float32)
+        return MemoryEntry(v.copy(), to_bfloat16(np.tile(v, (4, 1))))
+
+    tracks = [ObjectTrack(o, 0, 0.9, first) for o in range(objects)]
+    for o, tr in enumerate(tracks):
+        tr.cond[first] = entry(first, o)
+    selective = 0
+    for t in range(first + 1, last):
+        f = gather(tracks, t, num_maskmem=num_maskmem, max_pointers=max_pointers, hw=4, mem_dim=4, channels=4, selection=threshold)
+        for o in range(objects):
+            mems = [[float(f[gc.MEM_FEATS][o, j, 0, 0]), int(f[gc.MEM_TPOS][o, j])] for j in np.flatnonzero(f[gc.MEM_VALID][o])]
+            ptrs = [[float(f[gc.OBJ_PTRS][o, j, 0]), float(f[gc.PTR_TPOS][o, j])] for j in np.flatnonzero(f[gc.PTR_VALID][o])]
+            assert got[t - first - 1][o] == {"mems": mems, "ptrs": ptrs}, f"frame {t}, object {o}"
+            # a skipped frame: the memory rows are ranks, not frame distances
+            selective += any(row != t - int(frame) % 100 - 1 for frame, row in mems[1:])
+        for o, tr in enumerate(tracks):
+            tr.recent[t] = entry(t, o)
+            tr.scores[t] = memory_score(logits[t][o], np.array(ious[t][o], np.float32))
+        valid = valid_frames(tracks, t, threshold)
+        for tr in tracks:
+            tr.prune(t, num_maskmem=num_maskmem, max_pointers=max_pointers, max_cond=4, valid=valid.get(first, []))
+    assert selective > 10, "the scenario must skip frames"

@@ -40,8 +40,10 @@ def per_object_bound(settings: TrackerSettings, max_cond: int, hw: int, mem: int
     return pointers + memories
 
 
-def test_state_stays_bounded_over_200_frames(video_seg) -> None:
-    stream = video_seg.stream("liver", options=medsam3_rt.StreamOptions(**THRESHOLDS))
+@pytest.mark.parametrize("selection", [False, True], ids=["last-frames", "memory-selection"])
+def test_state_stays_bounded_over_200_frames(video_seg, selection: bool) -> None:
+    stream = video_seg.stream("liver", options=medsam3_rt.StreamOptions(**THRESHOLDS, memory_selection=selection))
+    assert (stream.memory_selection is not None) == selection
     m = video_seg.manifest
     bound = per_object_bound(stream.settings, stream.max_cond, m.dims.feat_size**2, m.dims.memory_channels, m.dims.fpn_channels)
     sizes, per_track = {}, {}
@@ -62,6 +64,37 @@ def test_state_stays_bounded_over_200_frames(video_seg) -> None:
         assert len(track.cond) <= stream.max_cond
         assert len(track.recent) <= stream.settings.max_object_pointers_in_encoder - 1
         assert sum(e.maskmem is not None for e in track.recent.values()) <= stream.settings.num_maskmem - 1
+        assert len(track.scores) <= stream.settings.max_object_pointers_in_encoder
+
+
+def test_memory_selection_follows_manifest_and_options(tiny_video_export: Path, tmp_path: Path) -> None:
+    """On with tracker semantics "meta" (Meta's video tracker selects memories), off with
+    "transformers"; the manifest's `memory_selection` field and then StreamOptions override."""
+    import shutil
+
+    def stream_of(tracker: dict, **options):
+        out = tmp_path / f"export-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_video_export, out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["tracker"].update(tracker)
+        for key in [k for k, v in tracker.items() if v is None]:
+            del manifest["tracker"][key]
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        with medsam3_rt.load(out, "ort-cpu") as seg:
+            return seg.stream("liver", options=medsam3_rt.StreamOptions(**options)).memory_selection
+
+    assert json.loads((tiny_video_export / "manifest.json").read_text())["tracker"]["memory_selection"] is False
+    assert stream_of({}) is None
+    assert stream_of({}, memory_selection=True) == 0.01
+    assert stream_of({"semantics": "meta", "memory_selection": None}) == 0.01  # exports before the field
+    assert stream_of({"semantics": "meta", "memory_selection": None}, memory_selection=False) is None
+    assert stream_of({"memory_selection": True, "memory_selection_threshold": 0.2}) == 0.2
+    with pytest.raises(ManifestError, match="memory_selection must be true or false"):
+        stream_of({"memory_selection": "yes"})
+    with pytest.raises(ManifestError, match="memory_selection_threshold must be a number"):
+        stream_of({"memory_selection": True, "memory_selection_threshold": "low"})
+    with pytest.raises(UsageError, match="memory_selection must be True, False or None"):
+        medsam3_rt.StreamOptions(memory_selection=1)  # type: ignore[arg-type]
 
 
 def test_frame_results_and_reset(video_seg) -> None:
