@@ -125,11 +125,13 @@ class RuntimeCandidate(Candidate):
 
     kind = "medsam3-rt"
 
-    def __init__(self, model_dir: Path, backend: str, options: BackendOptions) -> None:
+    def __init__(self, model_dir: Path, backend: str, options: BackendOptions, *, name: str | None = None, detect_every: int = 1) -> None:
         self.model_dir = model_dir
-        self.name = backend
+        self.name = name or backend
         self.backend = backend
         self.options = options
+        self.detect_every = detect_every  # streams: the detector on every k-th slice (a bench variant's lever)
+        self.variant = name is not None  # another export or stream setting, measured next to the main model
         self.seg: Any = None
 
     def load(self) -> None:
@@ -144,6 +146,7 @@ class RuntimeCandidate(Candidate):
             "backend": self.backend,
             "description": getattr(self.seg.model.backend, "description", self.backend) if self.seg else self.backend,
             "threads": self.options.intra_op_threads,
+            **({"model_dir": str(self.model_dir), "detect_every": self.detect_every} if self.variant else {}),
         }
 
     def detection_probs(self, image: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
@@ -187,6 +190,7 @@ class RuntimeCandidate(Candidate):
             max_objects=policy.max_objects,
             detection_threshold=policy.detection_threshold,
             new_object_threshold=policy.new_object_threshold,
+            detect_every=self.detect_every,
         )
         return _RuntimeStream(self.seg.stream(list(prompts), options=opts))
 

@@ -18,7 +18,7 @@ from medsam3_rt.errors import UsageError
 from medsam3_rt.io.atomic import atomic_write_text
 
 from .report import to_markdown, write_plots
-from .runner import BenchConfig, run_benchmark
+from .runner import BenchConfig, Variant, run_benchmark
 from .schema import CURVE_LENGTHS, validate
 
 bench_app = typer.Typer(add_completion=False)
@@ -32,6 +32,28 @@ def _hw(text: str) -> tuple[int, int]:
     if h < 2 or w < 2:
         raise UsageError(f"--image-size {text} is too small")
     return h, w
+
+
+def _variant(text: str, backends: list[str]) -> Variant:
+    """NAME=DIR[,backend=B][,detect_every=K] (the backend defaults to the first --backend)."""
+    head, *opts = text.split(",")
+    name, sep, path = head.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise UsageError(f"--variant must be NAME=DIR[,backend=B][,detect_every=K], got {text!r}")
+    fields: dict[str, str] = {}
+    for o in opts:
+        k, sep, v = o.partition("=")
+        if not sep or k.strip() not in ("backend", "detect_every"):
+            raise UsageError(f"--variant {text!r}: unknown option {o!r} (backend=B, detect_every=K)")
+        fields[k.strip()] = v.strip()
+    try:
+        every = int(fields.get("detect_every", "1"))
+    except ValueError:
+        raise UsageError(f"--variant {text!r}: detect_every must be an integer") from None
+    d = Path(path.strip())
+    if not (d / "manifest.json").is_file():
+        raise UsageError(f"--variant {name.strip()!r}: {d} is not an export directory (no manifest.json)")
+    return Variant(name.strip(), d, fields.get("backend", backends[0] if backends else "ort-cpu"), every)
 
 
 @bench_app.command("bench", no_args_is_help=True)
@@ -63,6 +85,11 @@ def bench(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="The export's checkpoint (baseline and torch backend)."),
     settle: float = typer.Option(0.05, "--settle", min=0.0, help="Seconds of pause before each timed call."),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Count the 2D graphs' FLOPs and time this machine's GEMM peak."),
+    variant: list[str] = typer.Option(
+        [],
+        "--variant",
+        help="Also measure NAME=DIR[,backend=B][,detect_every=K]: another export (int8, another size) or stream setting, same run.",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result JSON here."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write the markdown tables here."),
     plot: Path | None = typer.Option(None, "--plot", help="Write the stage-breakdown PNG here (and <stem>.curve.png); needs matplotlib."),
@@ -94,6 +121,7 @@ def bench(
         checkpoint=checkpoint,
         settle_s=settle,
         flops=flops,
+        variants=tuple(_variant(v, backend) for v in variant),
     )
     result = run_benchmark(cfg, progress=say)
     validate(result, required=False)

@@ -92,7 +92,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         if not rows:
             continue
         lines += [f"## {title}", ""]
-        head = ["candidate", "p50", "p95", "p99", "mean", "per s", "speedup", *stages]
+        means = section == "stream" and any(c.get("detect_every", 1) > 1 for c in rows)  # tracker-only slices: compare means
+        head = ["candidate", "p50", "p95", "p99", "mean", "per s", "speedup", *(["speedup of means"] if means else []), *stages]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in rows:
             sec = c[section]
@@ -107,6 +108,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                 f"{sec['throughput_per_s']:.2f}",
                 "baseline" if c["name"] == base else _fmt_x(x),
             ]
+            if means:
+                cells.append("baseline" if c["name"] == base else _fmt_x(sp.get(c["name"], {}).get("stream_mean")))
             for st in stages:
                 v = _fmt_ms(sec["stages_ms"].get(st))
                 r = None if c["name"] == base else sp.get(c["name"], {}).get(f"{section}_stages", {}).get(st)

@@ -74,6 +74,20 @@ def synthetic_slice(index: int, hw: tuple[int, int] = (512, 512), seed: int = 0)
 
 # -- configuration --------------------------------------------------------------------------
 @dataclass
+class Variant:
+    """Another export of the same model (int8, another input size) or another stream setting, measured in the same run.
+
+    Levers are compared against the transformers baseline and the main export side by side,
+    interleaved round by round, so their ratios share the machine's load.
+    """
+
+    name: str
+    model_dir: Path
+    backend: str = "ort-cpu"
+    detect_every: int = 1
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     model_dir: Path
     backends: tuple[str, ...] = ("ort-cpu",)
@@ -97,6 +111,7 @@ class BenchConfig:
     checkpoint: Path | None = None  # baseline / torch backend: the checkpoint the export came from
     settle_s: float = 0.05  # pause before each timed call so one runtime's spinning threads do not slow the next
     seed: int = 0
+    variants: tuple[Variant, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -284,6 +299,7 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
     backends = expand_backends(cfg.backends, manifest)
     for name in backends:
         candidates.append(RuntimeCandidate(cfg.model_dir, name, options))
+    candidates += _variant_candidates(cfg, backends, do_stream, options)
     if not candidates:
         raise UsageError("nothing to measure: no backend and no baseline")
 
@@ -398,6 +414,23 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
         e.cand.close()
     _gc.collect()
     return result
+
+
+def _variant_candidates(cfg: BenchConfig, backends: Sequence[str], do_stream: bool, options: BackendOptions) -> list[Candidate]:
+    """One candidate per variant; names must not clash with a backend's or the baseline's."""
+    taken = {BASELINE_NAME, *backends}
+    out: list[Candidate] = []
+    for v in cfg.variants:
+        if v.name in taken:
+            raise UsageError(f"variant name {v.name!r} is used twice (or by a backend / the baseline): give each variant its own name")
+        taken.add(v.name)
+        if v.detect_every < 1:
+            raise UsageError(f"variant {v.name!r}: detect_every must be >= 1, got {v.detect_every}")
+        m = load_manifest(v.model_dir, verify="size")
+        if do_stream and not m.has_tracker:
+            raise UsageError(f"variant {v.name!r}: {v.model_dir} has no tracker graphs, so it cannot stream (use --no-stream)")
+        out.append(RuntimeCandidate(v.model_dir, v.backend, options, name=v.name, detect_every=v.detect_every))
+    return out
 
 
 def _curve(cfg: BenchConfig, live: list[_Entry], policy: StreamPolicy, say: Progress) -> dict[str, Any]:
@@ -547,6 +580,9 @@ def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, note
                 agreement[e.cand.name]["image_score_max_abs_diff"] = max(diffs) if diffs else None
             if e.stream_e2e and base.stream_e2e:
                 r["stream_end_to_end"] = _speedup(base.stream_e2e, e.stream_e2e)
+                # throughput over the run: with detect_every > 1 slices alternate between detector and
+                # tracker-only ones, so the median of per-slice ratios would report the cheap slices only
+                r["stream_mean"] = float(np.mean(base.stream_e2e) / np.mean(e.stream_e2e))
                 r["stream_cpu_time"] = _speedup(base.stream_cpu, e.stream_cpu)
                 r["stream_stages"] = {k: _speedup(base.stream_stages[k], v) for k, v in e.stream_stages.items() if k in base.stream_stages}
                 n_lab = len(cfg.prompts)
@@ -585,6 +621,7 @@ def _assemble(cfg, manifest, machine, entries, threads, policy, gpu, curve, note
             "settle_s": cfg.settle_s,
             "backends": list(backends),
             "stream_policy": asdict(policy) if policy is not None else None,
+            "variants": [{**asdict(v), "model_dir": str(v.model_dir)} for v in cfg.variants],
             "interleaved": True,
             "speedup": "baseline time / candidate time, median of per-round ratios (> 1: faster than the baseline)",
             **cfg.extra,
@@ -620,6 +657,8 @@ def _add_compute(
     by_cand = {e.cand.name: e for e in entries}
     for c in result["candidates"]:
         e = by_cand[c["name"]]
+        if Path(getattr(e.cand, "model_dir", result["model"]["dir"])) != Path(result["model"]["dir"]):
+            continue  # a variant on another export (int8, another size): these FLOPs are not its work
         times = {**e.image_stages, **e.text_miss}
         compute = {}
         for name, f in flops.items():

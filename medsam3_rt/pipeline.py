@@ -8,7 +8,8 @@ which takes the backbone features and all detections from here). The detection s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,42 @@ class FramePipeline:
             clock.lap("backbone")
         return feats
 
+    def prefetch(self, frames: Iterable[np.ndarray], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], Stopwatch]]:
+        """(frame, features, clock) for each frame, the backbone run on up to `batch_size` frames per call.
+
+        For sequences known in advance (a volume's slices, a recorded video): an export with an
+        image batch axis (`manifest.image_batch_axis`) encodes several frames in one backbone
+        call; features do not depend on any stream state, so frames then go through the
+        detector and tracker one by one exactly as `features` + `push` would. Each clock holds
+        the frame's share of its batch's preprocess and backbone time. Reads at most
+        `batch_size` frames ahead of the one it yields.
+        """
+        if batch_size <= 1 or not self.model.manifest.image_batch_axis:
+            for frame in frames:
+                clock = Stopwatch()
+                yield frame, self.features(frame, clock), clock
+            return
+        chunk: list[np.ndarray] = []
+        for frame in frames:
+            chunk.append(frame)
+            if len(chunk) == batch_size:
+                yield from self._encode_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield from self._encode_chunk(chunk)
+
+    def _encode_chunk(self, chunk: list[np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], Stopwatch]]:
+        t0 = time.perf_counter()
+        pixels = [pixel_values(f, self.model.manifest.preprocess, self.window) for f in chunk]
+        t1 = time.perf_counter()
+        feats = self.model.encode_images(pixels)
+        t2 = time.perf_counter()
+        share = {"preprocess": (t1 - t0) * 1e3 / len(chunk), "backbone": (t2 - t1) * 1e3 / len(chunk)}
+        for frame, f in zip(chunk, feats, strict=True):
+            clock = Stopwatch()  # this frame's laps start now: what follows is its own detector, tracker, ...
+            clock.ms.update(share)
+            yield frame, f, clock
+
     def detect(self, feats: dict[str, np.ndarray], clock: Stopwatch | None = None) -> dict[str, np.ndarray]:
         """Detector outputs for every prompt (one batched call)."""
         out = self.model.detect(feats, self.text)
@@ -83,3 +120,7 @@ class FramePipeline:
     def best_detection_score(self, frame: np.ndarray) -> float:
         """Highest detection score of any prompt in `frame`."""
         return float(detection_scores(self.detect(self.features(frame))).max())
+
+    def best_detection_scores(self, frames: Iterable[np.ndarray], batch_size: int = 1) -> list[float]:
+        """`best_detection_score` of every frame, `batch_size` frames per backbone call (see `prefetch`)."""
+        return [float(detection_scores(self.detect(f)).max()) for _, f, _ in self.prefetch(frames, batch_size)]

@@ -185,6 +185,7 @@ class Segmenter:
         options: StreamOptions | None = None,
         progress: Callable[[int, int], None] | None = None,
         mode: Literal["track", "detect", "auto"] = "auto",
+        batch_size: int = 1,
     ) -> VolumeResult:
         """Segment a NIfTI file, a DICOM series folder or a (slices, H, W) array, slice by slice.
 
@@ -192,12 +193,14 @@ class Segmenter:
         per-prompt volumes in millilitres. Without `window`, one intensity mapping (the volume's
         range) is used for every slice. mode: see `stream` (default "auto": the tracker when
         the export has one, else independent per-slice detection; `VolumeResult.mode` says which).
+        batch_size: slices per backbone call for exports with an image batch axis (`export
+        --batch-axis`; others run one by one); the same results, the tracker still steps slice by slice.
         """
         vol = open_volume(volume, axis=axis, spacing=spacing)
         if window is not None and not isinstance(window, IntensityWindow):
             window = IntensityWindow(*window)
         stream = new_volume_stream(self, prompts, vol, window=window, options=options, mode=mode)
-        return segment_volume(stream, vol, bidirectional=bidirectional, progress=progress)
+        return segment_volume(stream, vol, bidirectional=bidirectional, progress=progress, batch_size=batch_size)
 
     def close(self) -> None:
         self.model.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, UsageError
 from .io.volumes import Axis, Volume, is_nifti, read_dicom_series, read_nifti
 from .preprocess import IntensityWindow
 from .tokenizer import as_prompt_list
@@ -106,9 +106,9 @@ def volume_window(volume: Volume) -> IntensityWindow | None:
     return IntensityWindow(lo, hi) if hi > lo else None
 
 
-def most_confident_slice(stream: Stream | FrameDetector, volume: Volume) -> int:
+def most_confident_slice(stream: Stream | FrameDetector, volume: Volume, batch_size: int = 1) -> int:
     """Detector-only scan: the slice whose best detection (any prompt) scores highest (first on ties)."""
-    scores = [stream.best_detection_score(volume.slice(i)) for i in range(volume.num_slices)]
+    scores = stream.best_detection_scores((volume.slice(i) for i in range(volume.num_slices)), batch_size)
     return int(np.argmax(scores))
 
 
@@ -118,8 +118,15 @@ def segment_volume(
     *,
     bidirectional: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 1,
 ) -> VolumeResult:
-    """Track `stream`'s prompts through every slice of `volume` (the stream is reset first)."""
+    """Track `stream`'s prompts through every slice of `volume` (the stream is reset first).
+
+    `batch_size` > 1: the slices are known up front, so the backbone encodes that many per call
+    where the export has an image batch axis (`export --batch-axis`); results are the same.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     n = volume.num_slices
     labels = np.zeros(volume.shape, np.uint8)
     acc: dict[int, dict] = {}
@@ -144,11 +151,11 @@ def segment_volume(
             progress(done, n)
 
     bidirectional = bidirectional and isinstance(stream, Stream)  # without a tracker, slices are independent
-    start = most_confident_slice(stream, volume) if bidirectional and n > 1 else 0
+    start = most_confident_slice(stream, volume, batch_size) if bidirectional and n > 1 else 0
     # `run` holds each slice back as Meta's video predictor does (the hot-start delay), so an
     # object removed a few slices after it appears is hidden from every slice
     stream.reset()
-    for fr in stream.run(volume.slice(i) for i in range(start, n)):
+    for fr in stream.run((volume.slice(i) for i in range(start, n)), batch_size=batch_size):
         consume(start + fr.frame_index, fr, lambda o: o)
     if start > 0:
         # The backward pass sees the anchor slice first, so it creates the same objects there, with
@@ -157,7 +164,7 @@ def segment_volume(
         stream.reset()
         stream.push(volume.slice(start))
         anchored = stream.next_object_id
-        for fr in stream.run(volume.slice(i) for i in range(start - 1, -1, -1)):
+        for fr in stream.run((volume.slice(i) for i in range(start - 1, -1, -1)), batch_size=batch_size):
             consume(start - fr.frame_index, fr, lambda o: o if o < anchored else offset + (o - anchored))
     objects = tuple(
         ObjectSummary(

@@ -50,10 +50,11 @@ def run_volume(
     series_uid: str | None,
     tick: Tick,
     seg_output: SegOutput | None = None,
+    batch_size: int = 1,
 ) -> VolumeResult:
     volume = open_volume(source, axis=axis, series_uid=series_uid)
     stream = new_volume_stream(seg, prompts, volume, window=window, options=options, mode="auto")
-    result = segment_volume(stream, volume, bidirectional=bidirectional, progress=tick)
+    result = segment_volume(stream, volume, bidirectional=bidirectional, progress=tick, batch_size=batch_size)
     labels_path, overlay_path, json_path = paths
     from ..io.volumes import write_label_volume
 

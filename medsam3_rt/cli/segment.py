@@ -184,7 +184,10 @@ def segment(
     ),
     actors: int = typer.Option(2, "--actors", min=1, help="--ray: actors, each loading the model once (1 CPU each)."),
     batch_size: int = typer.Option(
-        1, "--batch-size", min=1, help="Images: segment this many per backbone call (exports made with --batch-axis; else one by one)."
+        1,
+        "--batch-size",
+        min=1,
+        help="Images and volume slices: this many per backbone call (exports made with --batch-axis; else one by one).",
     ),
     fmt: str = typer.Option("nifti", "--format", help="Volume labels: nifti, or dicom-seg (DICOM series input; the 'dicom' extra)."),
     codes: Path | None = typer.Option(None, "--codes", help="--format dicom-seg: JSON/YAML file of prompt -> SNOMED CT codes."),
@@ -278,6 +281,7 @@ def segment(
                     series_uid=series,
                     tick=tick,
                     seg_output=seg_output,
+                    batch_size=batch_size,
                 )
                 rows += [(job.source.name, p, f"{res.prompt_volumes_ml[p]:.2f} mL", "-") for p in res.prompts]
             else:

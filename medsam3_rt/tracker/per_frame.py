@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..errors import UsageError
 from ..model import Model
 from ..pipeline import FramePipeline, top1
 from ..preprocess import IntensityWindow
@@ -74,14 +75,24 @@ class FrameDetector:
     def best_detection_score(self, frame: np.ndarray) -> float:
         return self._frames.best_detection_score(frame)
 
-    def run(self, frames: Iterable[np.ndarray], *, delay: int | None = None) -> Iterator[FrameResult]:
-        """`push` on every frame (independent frames have nothing to hold back; `delay` is ignored)."""
-        for frame in frames:
-            yield self.push(frame)
+    def best_detection_scores(self, frames: Iterable[np.ndarray], batch_size: int = 1) -> list[float]:
+        """`best_detection_score` of every frame, `batch_size` frames per backbone call where the export allows."""
+        return self._frames.best_detection_scores(frames, batch_size)
+
+    def run(self, frames: Iterable[np.ndarray], *, delay: int | None = None, batch_size: int = 1) -> Iterator[FrameResult]:
+        """`push` on every frame (independent frames have nothing to hold back; `delay` is ignored);
+        `batch_size` frames per backbone call where the export has an image batch axis."""
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        for frame, feats, clock in self._frames.prefetch(frames, batch_size):
+            yield self._push(frame, feats, clock)
 
     def push(self, frame: np.ndarray) -> FrameResult:
         clock = Stopwatch()
-        out = self._frames.detect(self._frames.features(frame, clock), clock)
+        return self._push(frame, self._frames.features(frame, clock), clock)
+
+    def _push(self, frame: np.ndarray, feats: dict[str, np.ndarray], clock: Stopwatch) -> FrameResult:
+        out = self._frames.detect(feats, clock)
         best = top1(out, frame.shape[:2], self.threshold, self.model.manifest.postprocess.mask_threshold)
         keep = best.masks.any(axis=(1, 2))
         ids = np.flatnonzero(keep).astype(np.int64)

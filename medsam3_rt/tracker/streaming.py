@@ -204,6 +204,10 @@ class Stream:
         """Highest detection score of any prompt in `frame` (detector only; the stream is unchanged)."""
         return self._frames.best_detection_score(frame)
 
+    def best_detection_scores(self, frames: Iterable[np.ndarray], batch_size: int = 1) -> list[float]:
+        """`best_detection_score` of every frame, `batch_size` frames per backbone call where the export allows."""
+        return self._frames.best_detection_scores(frames, batch_size)
+
     def state_nbytes(self) -> int:
         """Bytes held by the memory banks (bounded; see memory.py)."""
         return sum(t.nbytes for t in self._tracks.values())
@@ -217,8 +221,11 @@ class Stream:
     def push(self, frame: np.ndarray) -> FrameResult:
         """Segment the next frame (H x W or H x W x 3 RGB; same input rules as `segment`)."""
         clock = Stopwatch()
+        return self._push(frame, self._frames.features(frame, clock), clock)
+
+    def _push(self, frame: np.ndarray, feats: dict[str, np.ndarray], clock: Stopwatch) -> FrameResult:
+        """One frame from its backbone features on (the stream's state starts here)."""
         t, next_id = self._t, self._next_id
-        feats = self._frames.features(frame, clock)
         detecting = self._detects(t)
         if detecting:
             out = self._frames.detect(feats, clock)
@@ -250,20 +257,24 @@ class Stream:
         self._t += 1
         return replace(result, timings_ms=clock.ms)
 
-    def run(self, frames: Iterable[np.ndarray], *, delay: int | None = None) -> Iterator[FrameResult]:
+    def run(self, frames: Iterable[np.ndarray], *, delay: int | None = None, batch_size: int = 1) -> Iterator[FrameResult]:
         """Segment a whole sequence, each result held back `delay` frames (default `output_delay`).
 
         An object the hot-start rules remove while a frame is held back is hidden from that
         frame too, as Meta's `propagate_in_video` does; results come in frame order, the last
         ones when `frames` ends. With delay 0 this is `push` on every frame.
+        `batch_size` > 1: the backbone encodes that many frames per call where the export has
+        an image batch axis (same results; the tracker still steps frame by frame).
         """
         wait = self.output_delay if delay is None else delay
         if wait < 0:
             raise UsageError(f"delay must be >= 0, got {delay}")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         held: deque[tuple[_Shown, dict[str, float]]] = deque()
         removed: set[int] = set()
-        for frame in frames:
-            timings = self.push(frame).timings_ms
+        for frame, feats, clock in self._frames.prefetch(frames, batch_size):
+            timings = self._push(frame, feats, clock).timings_ms
             assert self._last_shown is not None
             held.append((self._last_shown, timings))
             removed.update(int(o) for o in self._last_removed)

@@ -25,6 +25,8 @@ def test_bench_cli_against_transformers_writes_valid_json_markdown_and_plots(
         # the model's own thresholds, so objects appear and the tracker runs only with a lower one
         "--detection-threshold", "0.19",
         "--json", str(out), "--markdown", str(tmp_path / "bench.md"),
+        # issue 17: a lever measured in the same run (here tracker-only slices on the same export)
+        "--variant", f"k2={tiny_video_export},detect_every=2",
     ]  # fmt: skip
     try:
         import matplotlib  # noqa: F401
@@ -37,7 +39,7 @@ def test_bench_cli_against_transformers_writes_valid_json_markdown_and_plots(
     jsonschema.validate(result, json.loads(SCHEMA_FILE.read_text()))
     assert result["schema"] == SCHEMA_ID and result["baseline"] == "transformers"
     names = [c["name"] for c in result["candidates"]]
-    assert names == ["transformers", "ort-cpu"] and all(c["available"] for c in result["candidates"])
+    assert names == ["transformers", "ort-cpu", "k2"] and all(c["available"] for c in result["candidates"])
     ours = result["candidates"][1]
     assert set(ours["image"]["stages_ms"]) == {"io", "preprocess", "text", "backbone", "detector", "postprocess"}
     assert set(ours["image"]["text_cache_miss_ms"]) == {"tokenize", "text_encoder"}
@@ -48,6 +50,12 @@ def test_bench_cli_against_transformers_writes_valid_json_markdown_and_plots(
     # same weights, same inputs: the exported graphs reproduce transformers
     agree = result["agreement_with_baseline"]["ort-cpu"]
     assert agree["image_mask_iou_mean"] > 0.99 and agree["stream_objects_equal"]
+    k2 = result["candidates"][2]
+    assert k2["detect_every"] == 2 and k2["model_dir"] == str(tiny_video_export) and "compute" in k2  # same export: same FLOPs
+    assert result["settings"]["variants"] == [{"name": "k2", "model_dir": str(tiny_video_export), "backend": "ort-cpu", "detect_every": 2}]
+    assert k2["stream"]["end_to_end_ms"]["n"] == 3 and result["speedup_vs_baseline"]["k2"]["stream_mean"] > 0
+    assert result["agreement_with_baseline"]["k2"]["image_mask_iou_mean"] > 0.99  # 2D is the same export
+    assert "speedup of means" in (tmp_path / "bench.md").read_text()
     curve = result["curve"]["runs"]
     assert curve["ort-cpu"]["slices"] == 4 and curve["transformers"]["slices"] == 2
     # peak RSS per stage (issue 21): every stage that ran, none above the total, the total above 0
@@ -123,6 +131,16 @@ def test_bench_usage_errors(tiny_video_export: Path) -> None:
     assert proc.returncode == 2 and "--image-size" in proc.stderr
     proc = cli("bench", str(tiny_video_export), "--baseline-device", "gpu")
     assert proc.returncode == 2 and "--baseline-device" in proc.stderr and proc.stderr.count("\n") == 1
+    for bad, words in [
+        ("int8", "NAME=DIR"),
+        (f"x={tiny_video_export},every=2", "unknown option"),
+        (f"x={tiny_video_export},detect_every=two", "integer"),
+        (f"x={tiny_video_export.parent}", "not an export directory"),
+        (f"ort-cpu={tiny_video_export}", "used twice"),
+        (f"x={tiny_video_export},detect_every=0", "detect_every must be >= 1"),
+    ]:
+        proc = cli("bench", str(tiny_video_export), "--baseline", "off", "--variant", bad)
+        assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, (bad, proc.stderr)
 
 
 def test_missing_baseline_checkpoint_is_a_usage_error(tiny_video_export: Path) -> None:
