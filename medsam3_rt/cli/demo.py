@@ -19,7 +19,7 @@ def demo(
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads per graph."),
 ) -> None:
     """Segment the bundled sample MRI slice and volume with the bundled demo model; print Dice/IoU against the atlas masks."""
-    from ..demo import NO_TRACKER_NOTE, REPORT_MD, demo_model_dir, report_summary, run_demo
+    from ..demo import NO_TRACKER_NOTE, REPORT_MD, TRACKED_NOTE, demo_model_dir, report_summary, run_demo
 
     say(f"demo model: {escape(str(demo_model_dir()))}")
     result = run_demo(Path(output), backend=backend, threads=threads)
@@ -42,6 +42,8 @@ def demo(
         out_console.print(table)
     if result.volume_mode != "tracker":
         say(f"3D: {NO_TRACKER_NOTE}")
+    else:
+        say(f"3D: {TRACKED_NOTE}")
     say(f"prompt cache: the text encoder ran {result.text_encoder_runs} time(s); {result.cache_hits} prompt(s) came from the cache")
     summary = report_summary()
     if summary:

@@ -37,6 +37,10 @@ SAMPLES_DIR = DEMO_DIR / "samples"
 REPORT_MD = DEMO_DIR / "report.md"
 REPORT_JSON = DEMO_DIR / "report.json"
 NO_TRACKER_NOTE = "the demo model has no tracker (it was not trained): every slice is segmented on its own (per-slice detection)"
+TRACKED_NOTE = (
+    "each prompt's top detection on the first slice is tracked through the memory (tracked rows), "
+    "next to per-slice detection of the same slices (per-slice rows)"
+)
 
 
 def demo_model_dir() -> Path:
@@ -209,7 +213,7 @@ def run_demo(output: str | Path, *, backend: str = "auto", threads: int | None =
             "model": str(model_path),
             "backend": result.backend,
             "volume_mode": result.volume_mode,
-            "note": NO_TRACKER_NOTE if result.volume_mode != "tracker" else None,
+            "note": NO_TRACKER_NOTE if result.volume_mode != "tracker" else TRACKED_NOTE,
             "text_encoder_runs": result.text_encoder_runs,
             "prompt_cache_hits": result.cache_hits,
             "results": [r.__dict__ for r in rows],

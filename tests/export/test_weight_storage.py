@@ -163,12 +163,16 @@ def test_fp16_weights_command_writes_a_checked_export(fp16_demo: Path) -> None:
     assert record["parity"]["passed"] and set(record["graphs"]) == set(man.graphs)
     report = json.loads((fp16_demo / PARITY_FILE).read_text())
     assert report["passed"] and {r["graph"] for r in report["outputs"]} == set(man.graphs)
+    all_fp32 = all_saved = 0
     for name, g in man.graphs.items():
         fp32_bytes = sum(src.files[f].bytes for f in (src.graphs[name].file, *src.graphs[name].external_data))
         fp16_bytes = sum(man.files[f].bytes for f in (g.file, *g.external_data))
         saved = record["graphs"][name]["converted_fp16_bytes"]  # half of the converted weights' fp32 bytes
-        assert saved > 0.3 * fp32_bytes, name  # most of every graph is large weights
+        all_fp32, all_saved = all_fp32 + fp32_bytes, all_saved + saved
+        # every graph holds large weights (the demo's tracker_init: 21 % of its bytes saved)
+        assert saved > 0.15 * fp32_bytes, name
         assert abs((fp32_bytes - fp16_bytes) - saved) < 0.02 * fp32_bytes, name  # the files shrank by that much
+    assert all_saved > 0.3 * all_fp32  # most of the export is large weights
 
 
 def test_fp16_export_segments_like_the_fp32_export(fp16_demo: Path) -> None:

@@ -102,3 +102,29 @@ def test_second_source_slices_have_square_millimetre_pixels() -> None:
     assert ann.image.shape[:2] == (256, 186) and ann.image.dtype == np.uint8
     assert ann.masks[0].shape == ann.image.shape[:2]
     assert otsu_brain(ann.image[..., 0]).shape == ann.image.shape[:2]
+
+
+@needs_mricron
+def test_stream_settings_are_chosen_on_training_slabs_away_from_the_held_out_blocks(tmp_path: Path) -> None:
+    """`demo_brain policies` compares stream policies on slabs the detector trained on, never next to a held-out block."""
+    import json
+
+    from medsam3_training.recipes.demo_brain import CONCEPTS, DATASET, SLICE_AXES, SPLIT_BLOCK, training_slabs, volume_options
+
+    val = [f"{DATASET}:axial:0009", f"{DATASET}:axial:0010", f"{DATASET}:coronal:0003", f"{DATASET}:sagittal:0008"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "split.json").write_text(json.dumps({"datasets": {DATASET: {"val": val, "train": []}}}))
+    slabs = training_slabs(tmp_path)
+    assert [s.name.split()[0] for s in slabs] == list(SLICE_AXES)
+    held = {(g.split(":")[1], int(g.split(":")[2])) for g in val}
+    for slab in slabs:
+        axis, span = slab.name.split()
+        i0, i1 = (int(x) for x in span.split("-"))
+        assert i1 - i0 + 1 == 2 * SPLIT_BLOCK == len(slab.image) and i0 % SPLIT_BLOCK == 0
+        b = i0 // SPLIT_BLOCK
+        assert not {(axis, k) for k in range(b - 1, b + 3)} & held  # its two blocks and both neighbours train
+        assert set(slab.truths) == set(CONCEPTS) and all(t.shape == slab.image.shape for t in slab.truths.values())
+    # tracking starts one object from the top detection and keeps it (no hot-start removal)
+    detect, track = volume_options()
+    assert detect.detection_threshold == 0.0 and detect.max_objects is None
+    assert track.policy == "transformers" and track.max_objects == 1 and track.new_object_threshold == 0.0
