@@ -231,6 +231,7 @@ class _RuntimeStream(StreamHandle):
             hw=st._hw,
             mem_dim=st._mem,
             channels=st._c,
+            selection=st.memory_selection,  # the frames the stream itself reads (Meta's selection on meta exports)
         )
         m.run(gc.TRACKER_STEP, {**trk, **feeds})
         ms = (time.perf_counter() - t0) * 1e3
