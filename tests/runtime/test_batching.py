@@ -48,14 +48,7 @@ def test_segment_batch_equals_one_at_a_time(batched_export: Path, batch_size: in
     images = _images()
     with medsam3_rt.load(batched_export, "ort-cpu") as seg:
         single = [seg.segment(im, PROMPTS) for im in images]
-        calls: list[int] = []
-        encode = seg.model.encode_image
-
-        def counting(pixels: np.ndarray) -> dict:
-            calls.append(len(pixels))
-            return encode(pixels)
-
-        seg.model.encode_image = counting  # type: ignore[method-assign]
+        calls = _counting(seg)
         batched = seg.segment_batch(images, PROMPTS, batch_size=batch_size)
     expected = [min(batch_size, len(images) - s) for s in range(0, len(images), batch_size)]
     assert calls == expected  # several images per backbone call
